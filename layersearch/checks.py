@@ -1,0 +1,56 @@
+"""Checks of a schema-valid config against the world: teacher, files, shapes.
+
+Schema checks live in config.py; these need the teacher's config and the
+file system, so they run once at the door of every command, before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layersearch.config import Config, ConfigError
+from layersearch.data.tasks import TASKS
+from layersearch.models import ModelError, has_mlm_head, load_teacher_config, student_config
+
+
+def environment_problems(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    try:
+        teacher = load_teacher_config(cfg.teacher.model, cfg.teacher.revision)
+    except ModelError as exc:
+        problems.append(str(exc))
+        teacher = None
+    if teacher is not None:
+        try:
+            student_config(teacher, cfg.student)
+        except ModelError as exc:
+            problems.append(str(exc))
+        if cfg.objective.terms.get("logit_kd", 0) > 0 and not has_mlm_head(teacher):
+            problems.append(
+                "objective.terms.logit_kd: the teacher has no MLM head, so there are no "
+                "logits to distil; drop logit_kd or use a teacher with a masked-LM head"
+            )
+    for i, entry in enumerate(cfg.corpus.paths or []):
+        if not Path(entry).expanduser().exists():
+            problems.append(f"corpus.paths.{i}: {entry} not found")
+    if cfg.tasks.source != "hub":
+        root = Path(cfg.tasks.source).expanduser()
+        if not root.is_dir():
+            problems.append(f"tasks.source: folder {root} not found (or use 'hub')")
+        else:
+            for name in cfg.tasks.names:
+                if TASKS[name].local_columns is None:
+                    problems.append(f"tasks.names: '{name}' loads only from the hub")
+                    continue
+                for split in ("train", "dev"):
+                    if not (root / name / f"{split}.tsv").is_file():
+                        problems.append(f"tasks.source: {root / name / split}.tsv not found")
+    return problems
+
+
+def check(cfg: Config) -> Config:
+    """Raise ConfigError listing every environment problem, else return cfg."""
+    problems = environment_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg

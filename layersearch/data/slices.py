@@ -1,0 +1,111 @@
+"""Seeded proxy-corpus slices, built once and cached on disk.
+
+A slice is N blocks drawn without replacement from the tokenized corpus with
+a seeded generator. Its key hashes everything that decides its content
+(corpus identity, tokenizer, block length, size, seed), so the same key always
+names the same blocks and the proxy spec can cite it. Slices are stored as
+safetensors plus a JSON manifest and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from layersearch.config import CorpusConfig
+from layersearch.data.corpus import CorpusError, corpus_files, load_blocks
+
+SLICE_FORMAT = 1
+
+
+@dataclass
+class Slice:
+    key: str
+    path: Path
+    input_ids: torch.Tensor  # [blocks, seq_length], int64
+    corpus_blocks: int  # size of the corpus it was drawn from
+    cached: bool  # True when read from disk rather than built now
+
+    @property
+    def tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def corpus_identity(cfg: CorpusConfig) -> dict:
+    """What names the corpus: hub coordinates, or each file's path, size and mtime."""
+    if cfg.hub is not None:
+        return {"hub": cfg.hub.model_dump(), "format": cfg.format}
+    files = [
+        [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files(cfg)
+    ]
+    return {"files": files, "format": cfg.format}
+
+
+def tokenizer_identity(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def slice_key(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> str:
+    ident = {
+        "corpus": corpus_identity(cfg),
+        "tokenizer": tokenizer_identity(tokenizer),
+        "seq_length": cfg.seq_length,
+        "size": size,
+        "seed": seed,
+        "format": SLICE_FORMAT,
+    }
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _read(path: Path, key: str) -> Slice:
+    meta = json.loads((path / "slice.json").read_text())
+    ids = load_file(str(path / "input_ids.safetensors"))["input_ids"].long()
+    return Slice(key, path, ids, meta["corpus_blocks"], cached=True)
+
+
+def get_slice(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> Slice:
+    """The slice of ``size`` blocks for ``seed`` (``size=None``: the whole corpus, in order)."""
+    key = slice_key(cfg, tokenizer, size, seed)
+    root = Path(cfg.cache_dir).expanduser()
+    path = root / key
+    if (path / "slice.json").is_file():
+        return _read(path, key)
+    blocks = load_blocks(cfg, tokenizer)
+    n = len(blocks)
+    if size is None:
+        index = np.arange(n)
+    else:
+        if size > n:
+            raise CorpusError(
+                f"slice of {size} blocks requested but the corpus has only {n} blocks of "
+                f"{cfg.seq_length} tokens; lower the slice size or add text"
+            )
+        index = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    ids = torch.tensor(blocks.select(index)["input_ids"], dtype=torch.int32)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
+    try:
+        save_file({"input_ids": ids.contiguous()}, str(tmp / "input_ids.safetensors"))
+        meta = {"key": key, "blocks": len(index), "seq_length": cfg.seq_length, "seed": seed,
+                "corpus_blocks": n, "corpus": corpus_identity(cfg)}
+        (tmp / "slice.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, path)  # atomic: readers see a whole slice or none
+        except OSError:
+            if not (path / "slice.json").is_file():  # lost a race to a twin builder
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Slice(key, path, ids.long(), n, cached=False)

