@@ -52,7 +52,14 @@ def corpus_identity(cfg: CorpusConfig) -> dict:
 
 def tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # Truncation and padding are call-time state that tokenizing changes.
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        blob = json.dumps(spec, sort_keys=True)
+    else:
+        blob = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

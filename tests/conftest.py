@@ -1,0 +1,45 @@
+"""Shared fixtures: where the real data lives, and small configs built from the quickstart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout, as CI lays it out; overridable for other layouts.
+SHARED_DATA = Path(os.environ.get("LAYERSEARCH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real data not found at {SHARED_DATA}; set LAYERSEARCH_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def quickstart_raw(shared_data, tmp_path) -> dict:
+    """The quickstart config as a dict, with absolute data paths and a private cache."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["corpus"]["paths"] = [str(shared_data / "corpus" / "wikitext103")]
+    raw["corpus"]["cache_dir"] = str(tmp_path / "cache")
+    raw["tasks"]["source"] = str(shared_data / "glue")
+    raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw["distill"]["output_dir"] = str(tmp_path / "student")
+    return raw
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a dict (or raw text) as a YAML config file and return its path."""
+
+    def write(content, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        return path
+
+    return write

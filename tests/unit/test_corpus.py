@@ -1,0 +1,37 @@
+"""Corpus text cleaning and block construction (no teacher needed)."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from transformers import BertTokenizerFast
+
+from layersearch.data.corpus import clean_wikitext, tokenize_blocks
+
+
+def test_wikitext_headings_and_markers():
+    assert clean_wikitext(" = Homarus gammarus = \n") is None
+    assert clean_wikitext(" = = Description = = \n") is None
+    assert clean_wikitext(" \n") is None
+    assert clean_wikitext(" a 3 @-@ year @,@ 000 @.@ 5 test \n") == "a 3-year,000.5 test"
+    # Prose with an '=' inside is kept.
+    assert clean_wikitext(" x = y holds \n") == "x = y holds"
+
+
+def _tokenizer(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(20)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    return BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+
+
+def test_blocks_are_framed_and_fixed_length(tmp_path):
+    tok = _tokenizer(tmp_path)
+    text = Dataset.from_dict({"text": [" ".join(f"w{i % 20}" for i in range(n)) for n in (7, 11, 5)]})
+    blocks = tokenize_blocks(text, tok, seq_length=6)
+    ids = blocks["input_ids"]
+    assert all(len(b) == 6 for b in ids)
+    assert all(b[0] == tok.cls_token_id and b[-1] == tok.sep_token_id for b in ids)
+    # 23 body tokens in blocks of 4: five whole blocks, the tail dropped; order kept.
+    assert len(ids) == 5
+    flat = [t for b in ids for t in b[1:-1]]
+    expected = tok(list(text["text"]), add_special_tokens=False)["input_ids"]
+    assert flat == [t for seq in expected for t in seq][:20]
