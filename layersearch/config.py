@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from layersearch.errors import UserError
 
 PosInt = Annotated[int, Field(gt=0)]

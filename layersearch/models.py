@@ -11,7 +11,13 @@ import copy
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 
 from layersearch.config import StudentConfig
 from layersearch.errors import UserError
@@ -119,6 +125,12 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
                     f"student.{key}: {value} exceeds the teacher's {limit}; "
                     f"init '{student.init.method}' extracts weights from the teacher"
                 )
+    teacher_head_dim = teacher.hidden_size // teacher.num_attention_heads
+    if student.init.method.startswith("etd") and hidden // heads != teacher_head_dim:
+        raise ModelError(
+            f"student.num_attention_heads: ETD keeps whole teacher heads of size {teacher_head_dim}, "
+            f"so a {hidden}-wide student needs {hidden // teacher_head_dim} heads, not {heads}"
+        )
     layers = student.init.layers
     if isinstance(layers, list):
         if len(layers) != student.num_layers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from layersearch.cli import data, validate
+from layersearch.cli import data, distill, validate
 
 app = typer.Typer(
     name="layersearch",
@@ -13,5 +13,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _quiet_libraries() -> None:
+    """Keep library chatter (store migrations, weight-loading bars) out of the user's terminal."""
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 app.command("validate")(validate.validate)
 app.add_typer(data.app, name="data")
+app.command("distill")(distill.distill)

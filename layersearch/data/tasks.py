@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
 from layersearch.errors import UserError
 
 

