@@ -9,6 +9,7 @@ teacher's embedding output, so it is not a gene.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import json
 import os
 import tempfile
@@ -31,8 +32,8 @@ class Mapping:
     num_teacher_layers: int
 
     def __post_init__(self):
+        validate_genes(tuple(self.genes), self.num_teacher_layers)
         object.__setattr__(self, "genes", tuple(int(g) for g in self.genes))
-        validate_genes(self.genes, self.num_teacher_layers)
 
     @property
     def num_student_layers(self) -> int:
@@ -77,7 +78,7 @@ def validate_genes(genes, num_teacher_layers: int, num_student_layers: int | Non
             f"give exactly {num_student_layers}"
         )
     for m, g in enumerate(genes, start=1):
-        if not isinstance(g, int) or isinstance(g, bool):
+        if not isinstance(g, numbers.Integral) or isinstance(g, bool):
             raise MappingError(f"mapping: gene {m} is {g!r}, not an integer")
         if g < 0 or g > num_teacher_layers:
             raise MappingError(
