@@ -58,6 +58,20 @@ class TeacherConfig(Strict):
     revision: str | None = None
 
 
+class WIDConfig(Strict):
+    """Weight-Inherited Distillation: how compactor rows are marked and pushed to zero."""
+
+    # Steps between updates of the marked (to-be-removed) compactor rows.
+    mask_every: PosInt = 10
+    # Fraction of the step budget by which the marks reach the student's width;
+    # the remaining steps train the final shape.
+    compress_until: Annotated[float, Field(gt=0, le=1)] = 0.7
+    # Group-lasso strength at the first marking: the norm each marked row loses
+    # per step (a proximal step), multiplied by penalty_growth at every later marking.
+    penalty: PosFloat = 1e-3
+    penalty_growth: Annotated[float, Field(ge=1)] = 1.5
+
+
 class InitConfig(Strict):
     method: Literal[INIT_METHODS] = "copy"  # type: ignore[valid-type]
     # Which teacher layers seed the student's layers when weights are copied:
@@ -66,6 +80,7 @@ class InitConfig(Strict):
     # ETD-Impt measures head/neuron/dimension importance on this many corpus batches.
     importance_batches: PosInt = 4
     seed: int = 0
+    wid: WIDConfig = WIDConfig()
 
 
 class StudentConfig(Strict):
@@ -215,6 +230,9 @@ class SearchConfig(Strict):
     fix_last: bool = True
     seed_heuristics: bool = True
     seed: int = 0
+    # Finished evaluations by (proxy spec, mapping), shared by every search and
+    # `layersearch evaluate` that uses the same proxy spec.
+    cache_dir: str = "proxy_data/evaluations"
 
 
 class RayConfig(Strict):

@@ -138,3 +138,23 @@ class Tracker:
 
     def log_dict(self, run_id: str, data: Any, name: str) -> None:
         self.log_text(run_id, json.dumps(data, indent=2), name)
+
+
+def log_evaluation(tracker: Tracker, run_id: str, ev, cached: bool = False) -> None:
+    """One evaluation's record: genes as params, scores as metrics, curves, status tags."""
+    params = {f"gene_{m}": g for m, g in enumerate(ev.genes, 1)}
+    params.update(mapping=ev.mapping.key, spec_key=ev.spec_key)
+    tracker.log_params(run_id, params)
+    metrics = {f"score/{k}": v for k, v in ev.scores.items()}
+    metrics.update({f"score_std/{k}": v for k, v in ev.scores_std.items()})
+    metrics.update({f"metric/{k}": v for k, v in ev.metrics.items()})
+    metrics.update({f"time/{k}": v for k, v in ev.timings.items()})
+    if ev.fitness is not None:
+        metrics["fitness"] = ev.fitness
+        metrics["fitness_std"] = ev.fitness_std or 0.0
+    tracker.log_metrics(run_id, metrics)
+    tracker.log_series(run_id, ev.curves)
+    tracker.set_tags(run_id, {"layersearch.status": ev.status, "layersearch.worker": ev.worker,
+                              "layersearch.evaluation": ev.key, "layersearch.cached": cached})
+    if ev.error:
+        tracker.log_text(run_id, ev.error, "error.txt")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from layersearch.cli import data, distill, validate
+from layersearch.cli import data, distill, evaluate, validate
 
 app = typer.Typer(
     name="layersearch",
@@ -31,3 +31,5 @@ def _quiet_libraries() -> None:
 app.command("validate")(validate.validate)
 app.add_typer(data.app, name="data")
 app.command("distill")(distill.distill)
+app.command("evaluate")(evaluate.evaluate)
+app.command("baselines")(evaluate.baselines)

@@ -43,12 +43,14 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     from layersearch.export import save_model_dir
     from layersearch.models import load_teacher, load_tokenizer
     from layersearch.resolve import resolve_any_mapping
-    from layersearch.student import make_student
+    from layersearch.student import finish_student, make_student
     from layersearch.tracking import Tracker, flatten
 
     tracker = Tracker(cfg.tracking)
+    # WID trains with the MLM objective where the teacher has an MLM head.
     teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
-                           mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0)
+                           mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0
+                           or cfg.student.init.method == "wid")
     tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
     ckpt_dir = output_dir.with_name(output_dir.name + ".checkpoints")
     with tracker.run(f"distill {mapping_spec}", tags={"layersearch.kind": "distill"}) as run_id:
@@ -60,7 +62,7 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
         data = get_slice(cfg.corpus, tokenizer, cfg.distill.corpus_blocks,
                          cfg.distill.train.seed).input_ids
         pad = tokenizer.pad_token_id or 0
-        student, loss, report = make_student(cfg, teacher, mapping, data, pad)
+        student, loss, report = make_student(cfg, teacher, mapping, data, pad, tokenizer)
         tracker.log_dict(run_id, report, "init_report.json")
         result = train(student, teacher, loss, data, cfg.distill.train, pad_token_id=pad,
                        checkpoint_dir=ckpt_dir, resume=resume, progress=progress)
@@ -70,7 +72,7 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
                                      "tokens_per_second": result.tokens_per_second,
                                      "train_seconds": result.seconds})
         mapping_json = json.dumps(mapping.to_json(cfg.teacher.model, list(loss.weights)), indent=2)
-        out = save_model_dir(student, tokenizer, output_dir,
+        out = save_model_dir(finish_student(student), tokenizer, output_dir,
                              {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
         tracker.log_artifact(run_id, out, "model")
         if cfg.tracking.registered_model:

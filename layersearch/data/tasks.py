@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from layersearch.errors import UserError
@@ -95,6 +96,17 @@ def _load_local_split(spec: TaskSpec, path: Path) -> Dataset:
 
 def load_task(name: str, source: str) -> DatasetDict:
     """Train and dev splits of a task, keyed ``train`` and ``dev``."""
+    # Small files: datasets' per-step progress bars would only be noise here.
+    was_enabled = are_progress_bars_disabled() is False
+    disable_progress_bars()
+    try:
+        return _load_task(name, source)
+    finally:
+        if was_enabled:
+            enable_progress_bars()
+
+
+def _load_task(name: str, source: str) -> DatasetDict:
     if name not in TASKS:
         raise TaskError(f"tasks.names: unknown task '{name}'; choose from {sorted(TASKS)}")
     spec = TASKS[name]

@@ -1,0 +1,127 @@
+"""``layersearch evaluate`` and ``layersearch baselines``: proxy fitness of given mappings.
+
+Each evaluation is one MLflow run (genes as params, per-task scores and
+fitness as metrics, loss curves). Results are cached by (proxy spec, mapping):
+a mapping evaluated before, here or by a search with the same proxy spec, is
+read back instead of re-run (``--no-cache`` forces a fresh evaluation).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
+from layersearch.config import Config
+
+
+def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int = 0) -> list:
+    """Seeded random mappings inside the search space (the GA's repair enforces it)."""
+    from layersearch.mapping import Mapping
+    from layersearch.search.ga import GeneticSearch
+
+    ga = GeneticSearch(cfg.search, cfg.student.num_layers, num_teacher_layers)
+    rng = random.Random(seed)
+    low = 0 if cfg.search.allow_zero else 1
+    out: list[Mapping] = []
+    for _ in range(count * 20):
+        if len(out) == count:
+            break
+        genes = ga.repair([rng.randint(low, num_teacher_layers) for _ in range(cfg.student.num_layers)])
+        m = Mapping(tuple(genes), num_teacher_layers)
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool = True) -> list:
+    """Evaluate (or read from cache) each mapping, log one MLflow run each, print a table."""
+    from layersearch.fitness import Evaluator
+    from layersearch.search.cache import EvaluationCache
+    from layersearch.tracking import Tracker, log_evaluation
+
+    tracker = Tracker(cfg.tracking)
+    evaluator = Evaluator(cfg)
+    cache = EvaluationCache(cfg.search.cache_dir, evaluator.spec_key)
+    results = []
+    for label, mapping in zip(labels, mappings, strict=True):
+        hit = cache.get(mapping) if use_cache else None
+        console.print(f"[bold]{label}[/] {mapping}: " + ("cached" if hit else "evaluating ..."))
+        with tracker.run(f"eval {mapping}", tags={"layersearch.kind": "evaluation",
+                                                 "layersearch.label": label}) as run_id:
+            ev = hit or evaluator.evaluate(mapping, progress=True)
+            if not hit:
+                cache.put(ev)
+            log_evaluation(tracker, run_id, ev, cached=hit is not None)
+        results.append((label, ev))
+    print_table(cfg, results)
+    return results
+
+
+def print_table(cfg: Config, results) -> None:
+    table = Table(title=f"proxy fitness ({', '.join(cfg.tasks.names)})")
+    table.add_column("mapping")
+    table.add_column("genes")
+    for name in cfg.tasks.names:
+        table.add_column(name, justify="right")
+    table.add_column("fitness", justify="right", style="bold")
+    table.add_column("time", justify="right")
+    table.add_column("status")
+    for label, ev in sorted(results, key=lambda r: -(r[1].fitness if r[1].fitness is not None else -1)):
+        scores = [f"{ev.scores[n]:.3f}" if n in ev.scores else "-" for n in cfg.tasks.names]
+        fit = "-" if ev.fitness is None else f"{ev.fitness:.4f}"
+        if ev.fitness_std:
+            fit += f" ±{ev.fitness_std:.3f}"
+        table.add_row(label, str(ev.mapping), *scores, fit, f"{ev.timings.get('total_s', 0):.0f}s",
+                      ev.status if len(ev.status) < 60 else ev.status[:57] + "...")
+    console.print(table)
+    ok = [ev.fitness for _, ev in results if ev.fitness is not None]
+    if len(ok) > 1:
+        console.print(f"spread of fitness across mappings: {max(ok) - min(ok):.4f} "
+                      f"(best {max(ok):.4f}, worst {min(ok):.4f})")
+
+
+MappingsOpt = Annotated[list[str], typer.Option(
+    "--mapping", "-m", help="uniform | last | lower | upper | file.json | 2,4,6 (repeatable)")]
+
+
+@user_errors
+def evaluate(config: ConfigArg, mapping: MappingsOpt,
+             no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")] = False,
+             set_: SetOpt = None) -> None:
+    """Proxy fitness of one or more mappings: distil, fine-tune on the proxy tasks, score."""
+    from layersearch.models import load_teacher_config
+    from layersearch.resolve import resolve_any_mapping
+
+    cfg = load(config, set_)
+    n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    mappings = [resolve_any_mapping(spec, cfg, n) for spec in mapping]
+    evaluate_all(cfg, mappings, list(mapping), use_cache=not no_cache)
+
+
+@user_errors
+def baselines(config: ConfigArg,
+              random_count: Annotated[int, typer.Option("--random", help="Seeded random mappings to add")] = 2,
+              seed: Annotated[int, typer.Option(help="Seed of the random mappings")] = 0,
+              no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")] = False,
+              set_: SetOpt = None) -> None:
+    """The named heuristics (uniform, last, lower, upper) and a few random mappings, side by side."""
+    from layersearch.mapping import HEURISTICS, heuristic
+    from layersearch.models import load_teacher_config
+
+    cfg = load(config, set_)
+    n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    labels, mappings = [], []
+    for name in HEURISTICS:
+        m = heuristic(name, cfg.student.num_layers, n)
+        if m not in mappings:
+            labels.append(name)
+            mappings.append(m)
+    for i, m in enumerate(random_mappings(cfg, random_count, n, seed)):
+        if m not in mappings:
+            labels.append(f"random-{i}")
+            mappings.append(m)
+    evaluate_all(cfg, mappings, labels, use_cache=not no_cache)
