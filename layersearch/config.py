@@ -229,6 +229,9 @@ class SearchConfig(Strict):
     monotone: bool = True
     fix_last: bool = True
     seed_heuristics: bool = True
+    # Re-mutate bred offspring that repeat an already evaluated mapping, so each
+    # generation spends its (expensive) evaluations on new mappings.
+    novelty: bool = True
     seed: int = 0
     # Finished evaluations by (proxy spec, mapping), shared by every search and
     # `layersearch evaluate` that uses the same proxy spec.

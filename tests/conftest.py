@@ -43,3 +43,9 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+# tests/ holds helpers (fitness_double) that tests import by module name.
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from layersearch.cli import data, distill, evaluate, validate
+from layersearch.cli import data, distill, evaluate, search, validate
 
 app = typer.Typer(
     name="layersearch",
@@ -33,3 +33,6 @@ app.add_typer(data.app, name="data")
 app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("baselines")(evaluate.baselines)
+app.command("search")(search.search)
+app.command("show")(search.show)
+app.command("export")(search.export)

@@ -106,6 +106,8 @@ class GAState:
     hall_of_fame: list[Scored] = field(default_factory=list)
     logbook: list[dict[str, Any]] = field(default_factory=list)
     evaluated: int = 0
+    # Every genome scored so far in this search, so bred offspring can avoid them.
+    archive: list[Scored] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         version, internal, gauss_next = self.rng_state
@@ -120,6 +122,7 @@ class GAState:
             "hall_of_fame": [{"genes": list(g), "fitness": f} for g, f in self.hall_of_fame],
             "logbook": [dict(r) for r in self.logbook],
             "evaluated": self.evaluated,
+            "archive": [{"genes": list(g), "fitness": _encode(f)} for g, f in self.archive],
             "rng_state": [version, list(internal), gauss_next],
         }
 
@@ -142,6 +145,7 @@ class GAState:
             hall_of_fame=[(tuple(r["genes"]), r["fitness"]) for r in data["hall_of_fame"]],
             logbook=[dict(r) for r in data["logbook"]],
             evaluated=data["evaluated"],
+            archive=[(tuple(r["genes"]), _decode(r["fitness"])) for r in data.get("archive", [])],
         )
 
     def to_json(self) -> str:
@@ -328,7 +332,11 @@ class GeneticSearch:
             parents = [(tuple(ind), ind.fitness.values[0]) for ind in survivors]
         # Genomes already scored (unchanged clones, elites, parents found again) are not
         # sent for evaluation a second time.
-        known = dict(state.parents) | dict(scored) | dict(hof)
+        known = dict(state.archive) | dict(state.parents) | dict(scored) | dict(hof)
+        if cfg.novelty:
+            n_fixed = n_elite if cfg.strategy == "simple" else 0
+            bred = offspring[: len(offspring) - n_fixed]
+            self._make_novel(bred, known, rng)
         return GAState(
             num_student_layers=self.m,
             num_teacher_layers=self.n,
@@ -339,6 +347,7 @@ class GeneticSearch:
             parents=parents,
             hall_of_fame=hof,
             logbook=logbook,
+            archive=list(known.items()),
         )
 
     def done(self, state: GAState) -> bool:
@@ -361,6 +370,21 @@ class GeneticSearch:
                 self.toolbox.mutate(ind, rng=rng)
                 ind[:] = self.repair(ind)
         return offspring
+
+    def _make_novel(self, offspring: list, known: dict, rng: random.Random, tries: int = 20) -> None:
+        """Re-mutate offspring that repeat a scored genome or a sibling.
+
+        Evaluations are expensive, so a generation should spend them on mappings not
+        yet seen; in a small or converged space some repeats remain after ``tries``.
+        """
+        taken = set(known)
+        for ind in offspring:
+            for _ in range(tries):
+                if tuple(ind) not in taken:
+                    break
+                self.toolbox.mutate(ind, rng=rng)
+                ind[:] = self.repair(ind)
+            taken.add(tuple(ind))
 
     def _vary_or(self, parents: list, count: int, rng: random.Random) -> list:
         """DEAP's varOr: each offspring comes from crossover, mutation or reproduction."""

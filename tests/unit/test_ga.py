@@ -291,7 +291,7 @@ def test_advance_requires_all_fitness_and_does_not_mutate_its_input():
 
 @pytest.mark.parametrize("strategy", ["simple", "mu_plus_lambda"])
 def test_known_genomes_are_not_evaluated_again(strategy):
-    search = make(population=10, seed=2, strategy=strategy)
+    search = make(population=10, seed=2, strategy=strategy, novelty=False)
     evaluate = distance_fitness(TARGET)
     state = search.start()
     while not search.done(state):
@@ -355,3 +355,23 @@ def test_mu_plus_lambda_needs_probabilities_that_share_one():
 def test_run_rejects_a_short_score_list():
     with pytest.raises(ValueError, match="scores"):
         run(make(), lambda batch: [0.0])
+
+
+@pytest.mark.parametrize("strategy", ["simple", "mu_plus_lambda"])
+def test_novelty_spends_each_generation_on_new_mappings(strategy):
+    """With novelty on, bred offspring avoid every genome scored before (space permitting)."""
+    counts = {}
+    for novelty in (False, True):
+        search = make(population=10, generations=6, seed=2, strategy=strategy, novelty=novelty)
+        evaluate = distance_fitness(TARGET)
+        state, seen, new_per_gen = search.start(), set(), []
+        while not search.done(state):
+            todo = search.pending(state)
+            new_per_gen.append(len(set(todo) - seen))
+            seen |= set(todo)
+            _evaluated(search, state, evaluate)
+            state = search.advance(state)
+        counts[novelty] = sum(new_per_gen)
+        if novelty:
+            assert all(n >= 5 for n in new_per_gen), new_per_gen
+    assert counts[True] > counts[False]

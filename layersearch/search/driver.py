@@ -1,0 +1,261 @@
+"""The search driver: DEAP proposes, the Ray pool evaluates, MLflow records.
+
+Only this process talks to MLflow. Per generation it (1) reads the
+population's pending genomes, (2) takes every one it can from the evaluation
+cache, (3) sends the rest to the pool, writing each result to the cache and to
+a nested child run the moment it arrives, and (4) advances the GA and
+checkpoints its state as the parent run's ``ga_state.json``.
+
+Resume after a crash (even ``kill -9``): the parent run's last checkpoint
+gives the GA state at the start of the interrupted generation; finished
+evaluations come back from the cache, and child runs already logged are
+reused, so nothing is run or logged twice and the GA, being seeded, replays
+the same generations an uninterrupted search would have.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layersearch.config import Config
+from layersearch.errors import UserError
+from layersearch.fitness import Evaluation, spec_key
+from layersearch.mapping import Mapping
+from layersearch.search.cache import EvaluationCache
+from layersearch.search.ga import GAState, GeneticSearch
+from layersearch.tracking import Tracker, flatten, log_evaluation
+
+CHECKPOINT = "ga_state.json"
+CHECKPOINT_FORMAT = 1
+
+
+class ResumeError(UserError):
+    pass
+
+
+@dataclass
+class Progress:
+    generation: int = 0
+    generations: int = 0
+    done: int = 0
+    running: int = 0
+    cached: int = 0
+    failed: int = 0
+    best: float | None = None
+    best_genes: list[int] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class SearchResult:
+    run_id: str
+    best: Evaluation | None
+    state: GAState
+    evaluated: int  # evaluations run in this process (not from the cache)
+    seconds: float
+
+
+class SearchDriver:
+    def __init__(self, cfg: Config, evaluator_factory: Callable | None = None,
+                 on_event: Callable[[str, Progress, dict], None] | None = None,
+                 num_teacher_layers: int | None = None, pool_resources: dict | None = None):
+        self.cfg = cfg
+        self.factory = evaluator_factory
+        self.on_event = on_event or (lambda *_: None)
+        self.tracker = Tracker(cfg.tracking)
+        if num_teacher_layers is None:
+            from layersearch.models import load_teacher_config
+
+            num_teacher_layers = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+        self.n = num_teacher_layers
+        self.m = cfg.student.num_layers
+        self.ga = GeneticSearch(cfg.search, self.m, self.n)
+        self.spec = spec_key(cfg)
+        self.cache = EvaluationCache(cfg.search.cache_dir, self.spec)
+        self.pool_resources = pool_resources
+        self.progress = Progress(generations=cfg.search.generations)
+        self.children: dict[str, tuple[str, str]] = {}  # mapping key -> (run id, status)
+        self.evaluations: dict[str, Evaluation] = {}  # this search's results by mapping key
+        self.ran = 0
+
+    # --- MLflow -------------------------------------------------------------
+    def _start_parent(self) -> str:
+        return self.tracker.start(f"search {self.cfg.tracking.experiment}",
+                                  tags={"layersearch.kind": "search", "layersearch.spec_key": self.spec})
+
+    def _log_parent_params(self, run_id: str) -> None:
+        params = flatten(self.cfg.to_dict())
+        params.update(spec_key=self.spec, num_teacher_layers=self.n, num_student_layers=self.m)
+        self.tracker.log_params(run_id, params)
+        self.tracker.log_text(run_id, self.cfg.to_yaml(), "config.yaml")
+
+    def _load_children(self, parent: str) -> None:
+        runs = self.tracker.client.search_runs(
+            [self.tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)
+        for r in runs:
+            key = r.data.params.get("mapping")
+            if key:
+                self.children[key] = (r.info.run_id, r.info.status)
+
+    def _record(self, parent: str, ev: Evaluation, cached: bool) -> None:
+        """Cache, then log a child run once per distinct mapping in this search."""
+        if not ev.spec_key:
+            ev.spec_key = self.spec
+        if not cached:
+            self.cache.put(ev)
+        key = ev.mapping.key
+        self.evaluations[key] = ev
+        existing = self.children.get(key)
+        if existing and existing[1] == "FINISHED":
+            return
+        if existing:  # a child left open by a crash: complete it rather than add a twin
+            run_id = existing[0]
+        else:
+            run_id = self.tracker.start(f"eval {ev.mapping}", parent_id=parent,
+                                        tags={"layersearch.kind": "evaluation",
+                                              "layersearch.generation": self.progress.generation})
+        log_evaluation(self.tracker, run_id, ev, cached=cached)
+        self.tracker.end(run_id, "FINISHED")
+        self.children[key] = (run_id, "FINISHED")
+
+    def _checkpoint(self, parent: str, state: GAState, populations: list) -> None:
+        data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "ga": state.to_dict(),
+                "populations": populations}
+        self.tracker.log_text(parent, json.dumps(data), CHECKPOINT)
+
+    def _load_checkpoint(self, parent: str) -> tuple[GAState, list] | None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.tracker.client.download_artifacts(parent, CHECKPOINT, tmp)
+            except Exception:
+                return None
+            data = json.loads(Path(path).read_text())
+        if data.get("spec_key") != self.spec:
+            raise ResumeError(
+                f"--resume {parent}: the proxy spec changed since that search started "
+                f"({data.get('spec_key')} -> {self.spec}); resume with the same config"
+            )
+        return GAState.from_dict(data["ga"]), data["populations"]
+
+    def _log_generation(self, parent: str, state: GAState, populations: list) -> None:
+        from layersearch import plots
+
+        rec = state.logbook[-1]
+        gen = rec["gen"]
+        metrics = {k: rec[k] for k in ("best", "mean", "std", "min") if rec.get(k) is not None}
+        metrics = {f"fitness_{k}": v for k, v in metrics.items()}
+        metrics.update(evaluations=len(self.evaluations), cached=self.progress.cached,
+                       failed=self.progress.failed)
+        self.tracker.log_metrics(parent, metrics, step=gen)
+        self.tracker.log_dict(parent, state.logbook, "logbook.json")
+        hof = [{"genes": list(g), "fitness": f} for g, f in state.hall_of_fame]
+        self.tracker.log_dict(parent, hof, "hall_of_fame.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tracker.log_artifact(parent, plots.fitness_by_generation(
+                state.logbook, Path(tmp) / "fitness_by_generation.png"), "plots")
+            self.tracker.log_artifact(parent, plots.layer_usage(
+                populations, self.n, Path(tmp) / "layer_usage.png"), "plots")
+
+    def _finish(self, parent: str, state: GAState) -> Evaluation | None:
+        from layersearch.mapping import save_mapping
+
+        best = self.ga.best(state)
+        if best is None:
+            return None
+        genes, fitness = best
+        mapping = Mapping(tuple(genes), self.n)
+        ev = self.evaluations.get(mapping.key) or self.cache.get(mapping)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_mapping(mapping, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
+                                sorted(self.cfg.objective.terms), fitness=fitness,
+                                scores=ev.scores if ev else {}, search_run_id=parent,
+                                spec_key=self.spec)
+            self.tracker.log_artifact(parent, path)
+        self.tracker.set_tags(parent, {"layersearch.best_mapping": mapping.key,
+                                       "layersearch.best_genes": str(mapping)})
+        self.tracker.log_metrics(parent, {"best_fitness": fitness})
+        return ev
+
+    # --- the loop -------------------------------------------------------------
+    def run(self, resume_run_id: str | None = None) -> SearchResult:
+        from layersearch.search.pool import EvaluatorPool
+
+        began = time.perf_counter()
+        state, populations = None, []
+        if resume_run_id:
+            try:
+                self.tracker.client.get_run(resume_run_id)
+            except Exception:
+                raise ResumeError(f"--resume: no run {resume_run_id} in {self.cfg.tracking.uri}") from None
+            parent = resume_run_id
+            loaded = self._load_checkpoint(parent)
+            if loaded:
+                state, populations = loaded
+            self._load_children(parent)
+        else:
+            parent = self._start_parent()
+        pool = None
+        with self.tracker.run("search", run_id=parent) as parent:
+            if not resume_run_id:
+                self._log_parent_params(parent)
+            if state is None:
+                state = self.ga.start()
+                self._checkpoint(parent, state, populations)
+            self.on_event("start", self.progress, {"run_id": parent, "resumed": bool(resume_run_id)})
+            while not self.ga.done(state):
+                self.progress.generation = state.generation
+                fitness: dict = {}
+                todo = []
+                for genes in self.ga.pending(state):
+                    mapping = Mapping(genes, self.n)
+                    hit = self.cache.get(mapping)
+                    if hit is not None:
+                        self.progress.cached += 1
+                        self._record(parent, hit, cached=True)
+                        fitness[genes] = hit.fitness
+                        self._note(hit, "cached")
+                    else:
+                        todo.append(mapping)
+                if todo:
+                    if pool is None:
+                        pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources)
+
+                    def on_result(ev: Evaluation) -> None:
+                        self.ran += 1
+                        self.progress.running -= 1
+                        self._record(parent, ev, cached=False)
+                        fitness[tuple(ev.genes)] = ev.fitness
+                        self._note(ev, "done")
+
+                    def on_started(kind: str, mapping: Mapping) -> None:
+                        if kind == "started":
+                            self.progress.running += 1
+                        else:
+                            self.progress.running -= 1
+                        self.on_event(kind, self.progress, {"genes": list(mapping.genes)})
+
+                    pool.run(todo, on_result, on_started)
+                self.ga.tell(state, fitness)
+                populations.append([list(g) for g in state.population])
+                state = self.ga.advance(state)
+                self._log_generation(parent, state, populations)
+                self._checkpoint(parent, state, populations)
+                self.on_event("generation", self.progress, {"record": state.logbook[-1]})
+            best = self._finish(parent, state)
+            if pool is not None:
+                pool.shutdown()
+        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began)
+
+    def _note(self, ev: Evaluation, kind: str) -> None:
+        p = self.progress
+        p.done += 1
+        if not ev.ok:
+            p.failed += 1
+        elif p.best is None or ev.fitness > p.best:
+            p.best, p.best_genes = ev.fitness, list(ev.genes)
+        self.on_event(kind, p, {"genes": ev.genes, "fitness": ev.fitness, "status": ev.status})

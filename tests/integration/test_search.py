@@ -1,0 +1,184 @@
+"""The search service end to end with a cheap fitness double: Ray dispatch, MLflow, cache, resume.
+
+The double replaces only the proxy evaluation (minutes per candidate on this
+machine); the GA, the Ray pool, the cache and the MLflow records are the
+product's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+from mlflow.tracking import MlflowClient
+
+import fitness_double
+from layersearch.config import parse_config
+from layersearch.mapping import Mapping
+from layersearch.search.driver import SearchDriver
+from layersearch.search.pool import EvaluatorPool
+
+ray.cloudpickle.register_pickle_by_value(fitness_double)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def search_raw(quickstart_raw, tmp_path, **search):
+    raw = quickstart_raw
+    raw["search"].update({"population": 8, "generations": 5, "seed": 0,
+                          "cache_dir": str(tmp_path / "evals"), **search})
+    raw["ray"].update(num_evaluators=2, num_cpus=1)
+    return raw
+
+
+def children(raw, run_id):
+    client = MlflowClient(raw["tracking"]["uri"])
+    exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
+    return client, client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def test_pool_uses_two_actors_and_streams_results(quickstart_raw, tmp_path):
+    cfg = parse_config(search_raw(quickstart_raw, tmp_path))
+    pool = EvaluatorPool(cfg, fitness_double.factory(delay=0.3))
+    seen = []
+    mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6)]]
+    results = pool.run(mappings, seen.append)
+    pool.shutdown()
+    assert [r.genes for r in seen] == [r.genes for r in results]
+    assert sorted(tuple(r.genes) for r in results) == sorted(m.genes for m in mappings)
+    assert len({r.worker for r in results}) == 2  # both actors did work
+    assert max(r.fitness for r in results) == 1.0
+
+
+def test_search_logs_nested_children_and_best(quickstart_raw, tmp_path):
+    raw = search_raw(quickstart_raw, tmp_path)
+    cfg = parse_config(raw)
+    driver = SearchDriver(cfg, fitness_double.factory(str(tmp_path / "markers")), num_teacher_layers=6)
+    result = driver.run()
+    assert result.best.mapping == Mapping(fitness_double.TARGET, 6)
+    client, kids = children(raw, result.run_id)
+    keys = [k.data.params["mapping"] for k in kids]
+    assert len(keys) == len(set(keys)) == result.evaluated  # one child per distinct mapping
+    assert len(list((tmp_path / "markers").iterdir())) == result.evaluated
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert {"gene_1", "gene_2", "gene_3"} <= set(kids[0].data.params)
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["layersearch.best_mapping"] == "6:2-3-6"
+    gens = client.get_metric_history(result.run_id, "fitness_best")
+    assert [m.step for m in gens] == [0, 1, 2, 3, 4]
+    arts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"best_mapping.json", "ga_state.json", "logbook.json", "hall_of_fame.json", "plots"} <= arts
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert plots == {"plots/fitness_by_generation.png", "plots/layer_usage.png"}
+
+    # A second search with the same proxy spec reads everything from the cache.
+    again = SearchDriver(cfg, fitness_double.factory(str(tmp_path / "markers2")), num_teacher_layers=6).run()
+    assert again.evaluated == 0 and not (tmp_path / "markers2").exists()
+    assert again.best.mapping == result.best.mapping
+    _, kids2 = children(raw, again.run_id)
+    assert len(kids2) == len(kids) and all(k.data.tags["layersearch.cached"] == "True" for k in kids2)
+
+
+def test_failed_candidates_are_recorded_not_fatal(quickstart_raw, tmp_path):
+    raw = search_raw(quickstart_raw, tmp_path, generations=2)
+    driver = SearchDriver(parse_config(raw), fitness_double.factory(fail_on=(2, 4, 6)), num_teacher_layers=6)
+    result = driver.run()
+    _, kids = children(raw, result.run_id)
+    failed = [k for k in kids if k.data.tags["layersearch.status"].startswith("failed")]
+    assert [k.data.params["mapping"] for k in failed] == ["6:2-4-6"]  # uniform is in generation 0
+    assert "fitness" not in failed[0].data.metrics
+
+
+DRIVER_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import ray, ray.cloudpickle
+    sys.path.insert(0, {tests!r})
+    import fitness_double
+    ray.cloudpickle.register_pickle_by_value(fitness_double)
+    from layersearch.config import parse_config
+    from layersearch.search.driver import SearchDriver
+    raw = json.loads({raw!r})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    driver = SearchDriver(parse_config(raw), fitness_double.factory({markers!r}, delay=0.4),
+                          num_teacher_layers=6,
+                          on_event=lambda k, p, i: print(k, i.get("run_id", ""), flush=True))
+    result = driver.run(resume_run_id={resume!r})
+    print("BEST", result.best.mapping.key, result.run_id, flush=True)
+""")
+
+
+def _script(raw, markers, resume=None):
+    tests = str(Path(__file__).resolve().parents[1])
+    return DRIVER_SCRIPT.format(tests=tests, raw=json.dumps(raw), markers=str(markers), resume=resume)
+
+
+def test_sigkill_mid_generation_then_resume(quickstart_raw, tmp_path):
+    raw = search_raw(quickstart_raw, tmp_path)
+    markers = tmp_path / "markers"
+    proc = subprocess.Popen([sys.executable, "-c", _script(raw, markers)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    run_id, recorded = None, 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if line.split()[:1] == ["start"]:
+            run_id = line.split()[1]
+        recorded += line.split()[:1] == ["done"]  # printed after the cache and child run are written
+        # Kill once generation 1 is under way: some of its evaluations done, some not.
+        if run_id and recorded >= 10:
+            break
+    assert run_id, "the search never started"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    client, kids_before = children(raw, run_id)
+    finished_before = {k.data.params["mapping"].replace(":", "_") for k in kids_before
+                       if k.info.status == "FINISHED"}
+    assert len(finished_before) >= 10
+    assert client.get_run(run_id).info.status == "RUNNING"  # the crash left it open
+
+    out = subprocess.run([sys.executable, "-c", _script(raw, markers, resume=run_id)],
+                         capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    best_lines = [x for x in out.stdout.splitlines() if x.startswith("BEST")]
+    assert best_lines, out.stdout[-2000:] + out.stderr[-3000:]
+    best_line = best_lines[0]
+    _, best_key, resumed_id = best_line.split()
+    assert resumed_id == run_id
+    events = [x.split()[0] for x in out.stdout.splitlines() if x.strip()]
+    # Mid-generation: the resumed driver found some of generation 1 finished (cached)
+    # and still had evaluations of its own to run.
+    assert events.count("cached") >= 1 and events.count("done") >= 1, events
+    names = [p.name for p in markers.iterdir()]
+    twins = {n.split(".again-")[0] for n in names if ".again-" in n}
+    # Only an evaluation in flight at the kill (finished by its worker, never recorded) may run again.
+    assert not twins & finished_before, "a finished evaluation ran again"
+    assert len(twins) <= 2
+    _, kids = children(raw, run_id)
+    keys = [k.data.params["mapping"] for k in kids]
+    assert len(keys) == len(set(keys))  # one child per distinct evaluated mapping, no duplicates
+    assert {k.replace(":", "_") for k in keys} == {n.split(".again-")[0] for n in names}
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    # The uninterrupted search with the same seed, in a fresh store and cache.
+    fresh = search_raw(quickstart_raw, tmp_path / "fresh")
+    fresh["tracking"]["uri"] = f"sqlite:///{tmp_path / 'fresh.db'}"
+    ref = SearchDriver(parse_config(fresh), fitness_double.factory(), num_teacher_layers=6).run()
+    assert ref.best.mapping.key == best_key
+    _, ref_kids = children(fresh, ref.run_id)
+    assert sorted(k.data.params["mapping"] for k in ref_kids) == sorted(keys)

