@@ -23,9 +23,13 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# The offline main job: search the mapping, distil with the winner, then look at it in MLflow.
 quickstart: setup
-	$(VENV)/bin/layersearch validate configs/quickstart.yaml
+	$(VENV)/bin/layersearch validate configs/quickstart.yaml > /dev/null
 	$(VENV)/bin/layersearch data prepare configs/quickstart.yaml
+	$(VENV)/bin/layersearch search configs/quickstart.yaml --export outputs/quickstart/best_mapping.json
+	$(VENV)/bin/layersearch distill configs/quickstart.yaml --mapping outputs/quickstart/best_mapping.json
+	@echo "Inspect the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000  (then open http://127.0.0.1:5000)"
 
 lint: setup
 	$(VENV)/bin/ruff check layersearch tests bench

@@ -19,7 +19,10 @@ app = typer.Typer(
 def _quiet_libraries() -> None:
     """Keep library chatter (store migrations, weight-loading bars) out of the user's terminal."""
     import logging
+    import os
 
+    # MLflow sets its own logger level on import, from this variable.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging

@@ -38,6 +38,8 @@ def _line(kind: str, p, info: dict) -> None:
 @user_errors
 def search(config: ConfigArg,
            resume: Annotated[str | None, typer.Option("--resume", help="Continue this search run id")] = None,
+           export_to: Annotated[Path | None, typer.Option(
+               "--export", help="Also write the best mapping JSON here")] = None,
            set_: SetOpt = None) -> None:
     """Search layer mappings with the GA; every evaluation is a nested MLflow run."""
     from layersearch.search.driver import SearchDriver
@@ -51,6 +53,12 @@ def search(config: ConfigArg,
     console.print(f"[green]best mapping {result.best.mapping}[/] fitness {result.best.fitness:.4f} "
                   f"({result.evaluated} evaluations run in {result.seconds:.0f}s"
                   + (f", {result.evaluated / hours:.0f}/hour" if result.evaluated else "") + ")")
+    if export_to is not None:
+        from layersearch.mapping import save_mapping
+
+        save_mapping(result.best.mapping, export_to, cfg.teacher.model, sorted(cfg.objective.terms),
+                     fitness=result.best.fitness, search_run_id=result.run_id)
+        console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
 
 
