@@ -146,14 +146,38 @@ class Evaluator:
         self.datasets = {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names}
         self.num_teacher_layers = self.teacher.config.num_hidden_layers
 
+    def _new(self, mapping: Mapping) -> Evaluation:
+        return Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
+                          worker=f"{socket.gethostname()}:{os.getpid()}")
+
+    @staticmethod
+    def _fail(ev: Evaluation, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        ev.status = f"failed: {type(exc).__name__}: {first}"[:500]
+        ev.fitness = None
+        ev.error = "".join(traceback.format_exception(exc, limit=8))
+
+    def _finetune(self, ev: Evaluation, student, progress: bool) -> None:
+        """The second half of an evaluation: fine-tune on each proxy task and aggregate."""
+        from layersearch.finetune import finetune_all
+
+        t0 = time.perf_counter()
+        encoder = student.base_model.to(self.device)
+        results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets,
+                               self.device, progress)
+        ev.timings["finetune_s"] = time.perf_counter() - t0
+        for r in results:
+            ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
+        agg = aggregate(self.cfg.tasks.names, self.cfg.tasks.weights, results)
+        ev.fitness, ev.fitness_std = agg["fitness"], agg["fitness_std"]
+        ev.scores, ev.scores_std, ev.metrics = agg["scores"], agg["scores_std"], agg["metrics"]
+
     def evaluate(self, mapping: Mapping, progress: bool = False) -> Evaluation:
         """Proxy-distil a fresh student along ``mapping`` and fine-tune it on each task."""
         from layersearch.distill import train
-        from layersearch.finetune import finetune_all
         from layersearch.student import make_student
 
-        ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
-                        worker=f"{socket.gethostname()}:{os.getpid()}")
+        ev = self._new(mapping)
         began = time.perf_counter()
         try:
             student, loss, _ = make_student(self.cfg, self.teacher, mapping, self.slice.input_ids,
@@ -162,20 +186,47 @@ class Evaluator:
                            self.cfg.proxy.train, pad_token_id=self.pad, progress=progress)
             ev.curves = {f"distill/{k}": v for k, v in result.curves.items() if k != "lr"}
             ev.timings["distill_s"] = result.seconds
-            t0 = time.perf_counter()
-            encoder = student.base_model.to(self.device)
-            results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets,
-                                   self.device, progress)
-            ev.timings["finetune_s"] = time.perf_counter() - t0
-            for r in results:
-                ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
-            agg = aggregate(self.cfg.tasks.names, self.cfg.tasks.weights, results)
-            ev.fitness, ev.fitness_std = agg["fitness"], agg["fitness_std"]
-            ev.scores, ev.scores_std, ev.metrics = agg["scores"], agg["scores_std"], agg["metrics"]
+            self._finetune(ev, student, progress)
         except Exception as exc:  # a bad candidate is a result, not a crash
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            ev.status = f"failed: {type(exc).__name__}: {first}"[:500]
-            ev.fitness = None
-            ev.error = traceback.format_exc(limit=8)
+            self._fail(ev, exc)
         ev.timings["total_s"] = time.perf_counter() - began
         return ev
+
+    def evaluate_pack(self, mappings: list[Mapping], progress: bool = False) -> list[Evaluation]:
+        """Evaluate several mappings with one teacher forward per proxy batch.
+
+        Same results as ``evaluate`` one by one (see packed.py); the proxy
+        distillation's wall time is shared equally among the pack.
+        """
+        from layersearch.packed import train_packed
+        from layersearch.student import make_student
+
+        began = time.perf_counter()
+        evs = [self._new(m) for m in mappings]
+        built = []  # (evaluation, student, loss) for candidates that could be built
+        for ev, mapping in zip(evs, mappings, strict=True):
+            try:
+                student, loss, _ = make_student(self.cfg, self.teacher, mapping,
+                                                self.slice.input_ids, self.pad)
+                built.append((ev, student, loss))
+            except Exception as exc:
+                self._fail(ev, exc)
+        if built:
+            outcomes = train_packed([b[1] for b in built], self.teacher, [b[2] for b in built],
+                                    self.slice.input_ids, self.cfg.proxy.train, self.pad)
+            for (ev, student, _), out in zip(built, outcomes, strict=True):
+                if isinstance(out, Exception):
+                    self._fail(ev, out)
+                    continue
+                ev.curves = {f"distill/{k}": v for k, v in out.curves.items() if k != "lr"}
+                ev.timings["distill_s"] = out.seconds
+                try:
+                    self._finetune(ev, student, progress)
+                except Exception as exc:
+                    self._fail(ev, exc)
+        share = (time.perf_counter() - began) / len(mappings)
+        for ev in evs:
+            # A member's own time: its share of the packed distillation plus its fine-tuning.
+            parts = [ev.timings[k] for k in ("distill_s", "finetune_s") if k in ev.timings]
+            ev.timings["total_s"] = sum(parts) if ev.ok else share
+        return evs

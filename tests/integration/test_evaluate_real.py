@@ -68,3 +68,15 @@ def test_evaluate_cli_two_mappings_logs_runs_and_caches(quickstart_raw, write_co
         assert {"gene_1", "gene_2", "gene_3"} <= set(r.data.params)
     assert set(by_mapping) == {"6:2-4-6", "6:1-1-6"}
     assert all(len(set(v)) == 1 for v in by_mapping.values())  # the cache returned the same value
+
+
+def test_packed_evaluation_equals_one_by_one(quickstart_raw):
+    evaluator = Evaluator(parse_config(tiny(quickstart_raw)))
+    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6)]
+    packed = evaluator.evaluate_pack(mappings)
+    for m, p in zip(mappings, packed, strict=True):
+        alone = evaluator.evaluate(m)
+        assert p.ok and alone.ok, (p.status, alone.status)
+        assert p.fitness == pytest.approx(alone.fitness, abs=1e-6)
+        for k, curve in alone.curves.items():
+            assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], abs=1e-5), k

@@ -1,0 +1,124 @@
+"""Several students trained together against one teacher forward per batch.
+
+In a proxy evaluation every candidate sees the same batches, so the teacher's
+forward pass (most of the cost when the student is small) is the same for all
+of them. ``train_packed`` runs it once per micro-batch, asking only for the
+union of what the pack's objectives read, and steps K students, each with its
+own optimizer, scheduler and random stream.
+
+Each student keeps a private RNG state (swapped in around its own forward and
+backward), so its dropout masks, and therefore its whole run, are the ones it
+would get from ``distill.train`` alone with the same seed: packed and
+one-by-one evaluation agree within float tolerance.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+from transformers import get_scheduler
+
+from layersearch.config import TrainConfig
+from layersearch.distill import DivergenceError, TrainResult, micro_batch, resolve_device, total_steps
+from layersearch.features import extract
+
+
+class _Member:
+    """One student of the pack with everything that is private to it."""
+
+    def __init__(self, student, loss_module, cfg: TrainConfig, steps: int, device):
+        self.student, self.loss = student.to(device).train(), loss_module.to(device).train()
+        self.params = [p for p in [*student.parameters(), *loss_module.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer,
+                                       num_warmup_steps=int(cfg.warmup_ratio * steps),
+                                       num_training_steps=steps)
+        self.req = loss_module.student_requirements()
+        self.curves: dict[str, list[tuple[int, float]]] = {}
+        self.error: Exception | None = None
+        # The stream train() would draw from after torch.manual_seed(cfg.seed).
+        self.rng = torch.Generator().manual_seed(cfg.seed).get_state()
+        self.cuda_rng = None
+
+    def swap_in(self, device) -> None:
+        torch.set_rng_state(self.rng)
+        if device.type == "cuda":
+            if self.cuda_rng is None:
+                torch.cuda.manual_seed(torch.initial_seed())
+            else:
+                torch.cuda.set_rng_state(self.cuda_rng)
+
+    def swap_out(self, device) -> None:
+        self.rng = torch.get_rng_state()
+        if device.type == "cuda":
+            self.cuda_rng = torch.cuda.get_rng_state()
+
+
+def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor, cfg: TrainConfig,
+                 pad_token_id: int = 0) -> list[TrainResult | Exception]:
+    """Distil every student of the pack; a diverging one ends with its DivergenceError.
+
+    Returns one entry per student, in order: its TrainResult, or the exception
+    that stopped it (the rest of the pack carries on).
+    """
+    device, amp_dtype = resolve_device(cfg.precision)
+    steps = total_steps(cfg, data.shape[1])
+    teacher.to(device).eval()
+    outer_rng = torch.get_rng_state()
+    members = [_Member(s, lm, cfg, steps, device) for s, lm in zip(students, loss_modules, strict=True)]
+    teacher_req = members[0].loss.teacher_requirements().merge(*(m.loss.teacher_requirements()
+                                                                 for m in members[1:]))
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    began = time.perf_counter()
+    for step in range(1, steps + 1):
+        live = [m for m in members if m.error is None]
+        if not live:
+            break
+        sums = [dict() for _ in live]
+        for micro in range(cfg.grad_accum_steps):
+            ids = micro_batch(data, (step - 1) * cfg.grad_accum_steps + micro, cfg.batch_size,
+                              cfg.seed).to(device)
+            mask = (ids != pad_token_id).long()
+            with autocast, torch.no_grad():
+                t_feats = extract(teacher, ids, mask, teacher_req)
+            for m, acc in zip(live, sums, strict=True):
+                if m.error is not None:
+                    continue
+                m.swap_in(device)
+                try:
+                    with autocast:
+                        terms = m.loss(extract(m.student, ids, mask, m.req), t_feats)
+                    total = terms["total"]
+                    if not torch.isfinite(total):
+                        bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
+                        raise DivergenceError(
+                            f"loss became {total.item()} at step {step} (objective "
+                            f"{', '.join(bad) or 'total'}); lower the learning rate or check the data")
+                    (total / cfg.grad_accum_steps).backward()
+                    for k, v in terms.items():
+                        acc[k] = acc.get(k, 0.0) + v.item() / cfg.grad_accum_steps
+                except DivergenceError as exc:
+                    m.error = exc
+                finally:
+                    m.swap_out(device)
+        for m, acc in zip(live, sums, strict=True):
+            if m.error is not None:
+                continue
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
+            acc["lr"] = m.scheduler.get_last_lr()[0]
+            m.optimizer.step()
+            m.scheduler.step()
+            m.optimizer.zero_grad(set_to_none=True)
+            if step % cfg.log_every == 0 or step == steps:
+                for k, v in acc.items():
+                    m.curves.setdefault(k, []).append((step, v))
+    torch.set_rng_state(outer_rng)
+    seconds = time.perf_counter() - began
+    tokens = steps * cfg.batch_size * cfg.grad_accum_steps * data.shape[1]
+    # The pack's wall time is shared: each member is charged an equal part.
+    share = seconds / len(members)
+    return [m.error if m.error is not None else TrainResult(steps, tokens, share, m.curves)
+            for m in members]

@@ -1,0 +1,65 @@
+"""Packed training equals one-by-one training, student by student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from layersearch.config import ObjectiveConfig, TrainConfig
+from layersearch.distill import DivergenceError, train
+from layersearch.losses import DistillLoss
+from layersearch.mapping import Mapping
+from layersearch.models import build_student
+from layersearch.packed import train_packed
+
+TCFG = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.1,
+                  attention_probs_dropout_prob=0.1)
+SCFG = BertConfig(**{**TCFG.to_dict(), "num_hidden_layers": 2, "hidden_size": 16, "intermediate_size": 32})
+DATA = torch.randint(1, 60, (24, 12), generator=torch.Generator().manual_seed(1))
+CFG = TrainConfig(max_steps=5, batch_size=4, grad_accum_steps=2, learning_rate=1e-3, seed=3)
+MAPPINGS = [Mapping((2, 4), 4), Mapping((1, 4), 4), Mapping((0, 3), 4)]
+OBJECTIVES = [
+    ObjectiveConfig(terms={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}),
+    ObjectiveConfig(terms={"hidden_mse": 1.0, "value_kl": 1.0}),
+    ObjectiveConfig(terms={"attention_kl": 1.0}),
+]
+
+
+def teacher():
+    torch.manual_seed(0)
+    return build_student(TCFG, attentions=False).eval()
+
+
+def student(i):
+    """Student i and its loss (whose projections are random too), from seed 100 + i."""
+    torch.manual_seed(100 + i)
+    return build_student(SCFG, attentions=False), DistillLoss(OBJECTIVES[i], MAPPINGS[i], SCFG, TCFG)
+
+
+def test_packed_equals_one_by_one():
+    t = teacher()
+    alone = []
+    for i in range(3):
+        s, loss = student(i)
+        alone.append((train(s, t, loss, DATA, CFG), s))
+    students, losses = zip(*(student(i) for i in range(3)), strict=True)
+    packed = train_packed(list(students), t, list(losses), DATA, CFG)
+    for (ref, s_ref), res, s in zip(alone, packed, students, strict=True):
+        assert set(res.curves) == set(ref.curves)
+        for k in ref.curves:
+            assert [st for st, _ in res.curves[k]] == [st for st, _ in ref.curves[k]]
+            assert [v for _, v in res.curves[k]] == pytest.approx([v for _, v in ref.curves[k]], abs=1e-6)
+        for a, b in zip(s_ref.parameters(), s.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_diverging_member_does_not_stop_the_pack():
+    t = teacher()
+    students, losses = zip(*(student(i) for i in range(2)), strict=True)
+    with torch.no_grad():
+        students[0].encoder.layer[0].attention.self.query.weight[0, 0] = float("nan")
+    first, second = train_packed(list(students), t, list(losses), DATA, CFG)
+    assert isinstance(first, DivergenceError)
+    assert len(second.curves["total"]) == 5
