@@ -9,8 +9,8 @@ teacher's embedding output, so it is not a gene.
 from __future__ import annotations
 
 import hashlib
-import numbers
 import json
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass

@@ -225,7 +225,7 @@ class SearchDriver:
                     if pool is None:
                         pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources)
 
-                    def on_result(ev: Evaluation) -> None:
+                    def on_result(ev: Evaluation, fitness: dict = fitness) -> None:
                         self.ran += 1
                         self.progress.running -= 1
                         self._record(parent, ev, cached=False)

@@ -16,12 +16,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import fitness_double
 import pytest
 import ray
 import ray.cloudpickle
 from mlflow.tracking import MlflowClient
 
-import fitness_double
 from layersearch.config import parse_config
 from layersearch.mapping import Mapping
 from layersearch.search.driver import SearchDriver

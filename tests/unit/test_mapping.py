@@ -7,7 +7,14 @@ import json
 import pytest
 
 from layersearch.mapping import (
-    HEURISTICS, Mapping, MappingError, heuristic, load_mapping, parse_genes, resolve_mapping, save_mapping,
+    HEURISTICS,
+    Mapping,
+    MappingError,
+    heuristic,
+    load_mapping,
+    parse_genes,
+    resolve_mapping,
+    save_mapping,
 )
 
 
