@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedModel,
     get_scheduler,
 )
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from layersearch.config import FinetuneConfig, TasksConfig
 from layersearch.data.tasks import TASKS, load_task, score
@@ -110,6 +111,54 @@ def build_classifier(
     return model
 
 
+def _train(
+    model, tokenizer, task: str, train_x: list[dict], train_y: np.ndarray,
+    cfg: FinetuneConfig, seed: int, device, progress: bool,
+) -> list[float]:
+    """Seeded AdamW fine-tuning with dropout on; returns the loss of every step."""
+    # Seeded again so dropout and shuffling do not depend on how the head was built.
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))  # a fractional epoch is cut short
+    # torch's default AdamW weight decay (0.01), as BERT fine-tuning recipes use.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=int(WARMUP_RATIO * total), num_training_steps=total
+    )
+    lengths = [len(x["input_ids"]) for x in train_x]
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(total=total, desc=f"finetune {task}", disable=not progress, leave=False)
+    while len(losses) < total:
+        # Shuffled, then length-sorted within groups of batches (the Trainer's
+        # group_by_length): SST-2 pads to half as many tokens, pair tasks ~15% fewer.
+        order = get_length_grouped_indices(lengths, cfg.batch_size, generator=gen)
+        for b in range(0, len(order), cfg.batch_size):
+            if len(losses) == total:
+                break
+            idx = order[b : b + cfg.batch_size]
+            batch = _batch(tokenizer, [train_x[i] for i in idx], device)
+            labels = torch.as_tensor(train_y[idx], device=device)
+            loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise FinetuneDivergence(
+                    f"fine-tuning on {task} diverged at step {len(losses) + 1}/{total} "
+                    f"(loss {value}); lower tasks.finetune.learning_rate"
+                )
+            losses.append(value)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update()
+    bar.close()
+    return losses
+
+
 @torch.no_grad()
 def predict(model, tokenizer, features: list[dict], batch_size: int, device) -> np.ndarray:
     """Argmax labels in eval mode; batches are length-sorted to cut padding."""
@@ -147,43 +196,7 @@ def finetune_task(
     baseline = next(iter(score(task, np.full(len(dev_y), majority), dev_y).values()))
 
     model = build_classifier(encoder, len(spec.label_names), seed).to(device)
-    # Seeded again so dropout and shuffling do not depend on how the head was built.
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))  # a fractional epoch is cut short
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    scheduler = get_scheduler(
-        "linear", optimizer, num_warmup_steps=int(WARMUP_RATIO * total), num_training_steps=total
-    )
-
-    model.train()
-    losses: list[float] = []
-    bar = tqdm(total=total, desc=f"finetune {task}", disable=not progress, leave=False)
-    while len(losses) < total:
-        perm = torch.randperm(len(train_x), generator=gen).tolist()
-        for b in range(0, len(perm), cfg.batch_size):
-            if len(losses) == total:
-                break
-            idx = perm[b : b + cfg.batch_size]
-            batch = _batch(tokenizer, [train_x[i] for i in idx], device)
-            labels = torch.as_tensor(train_y[idx], device=device)
-            loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FinetuneDivergence(
-                    f"fine-tuning on {task} diverged at step {len(losses) + 1}/{total} "
-                    f"(loss {value}); lower tasks.finetune.learning_rate"
-                )
-            losses.append(value)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.update()
-    bar.close()
-
+    losses = _train(model, tokenizer, task, train_x, train_y, cfg, seed, device, progress)
     preds = predict(model, tokenizer, dev_x, cfg.batch_size, device)
     metrics = score(task, preds, dev_y)
     return TaskResult(
@@ -193,7 +206,7 @@ def finetune_task(
         score=next(iter(metrics.values())),
         train_examples=len(train_x),
         dev_examples=len(dev_x),
-        steps=total,
+        steps=len(losses),
         seconds=time.perf_counter() - start,
         loss_curve=losses,
         majority_baseline=baseline,
@@ -212,7 +225,7 @@ def finetune_all(
     datasets = datasets or {}
     results = []
     for name in tasks_cfg.names:
-        data = datasets.get(name) or load_task(name, tasks_cfg.source)
+        data = datasets[name] if name in datasets else load_task(name, tasks_cfg.source)
         for seed in tasks_cfg.finetune.seeds:
             results.append(
                 finetune_task(
