@@ -26,7 +26,7 @@ from transformers import get_scheduler
 
 from layersearch.config import TrainConfig
 from layersearch.errors import UserError
-from layersearch.features import extract
+from layersearch.features import Requirements, extract
 
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -149,8 +149,13 @@ def train(
     """Distil ``teacher`` into ``student`` on the token blocks ``data`` [N, T].
 
     ``loss_module`` is a ``DistillLoss``: it names what each side must expose
-    and returns per-objective values plus ``total``. ``stop_after`` ends the run
-    early after that many steps (as a crash would), for resume tests.
+    and returns per-objective values plus ``total``. It may also define two
+    optional hooks (``wid.WIDLoss`` does): ``extra_terms(student, ids, mask)``,
+    named terms added to ``total`` and logged (an MLM loss), and
+    ``after_step(step, steps)``, called after each optimizer step, which may
+    return more values to log (a penalty) apart from ``total``. A loss module
+    that requires no features gets no feature passes. ``stop_after`` ends the
+    run early after that many steps (as a crash would), for resume tests.
     """
     if data.ndim != 2 or data.shape[0] == 0:
         raise ValueError(f"expected token blocks [N, T], got shape {tuple(data.shape)}")
@@ -167,6 +172,9 @@ def train(
                               num_training_steps=steps)
     teacher_req = loss_module.teacher_requirements()
     student_req = loss_module.student_requirements()
+    distil = teacher_req != Requirements() or student_req != Requirements()
+    extra_terms = getattr(loss_module, "extra_terms", None)
+    after_step = getattr(loss_module, "after_step", None)
 
     start_step, curves = 0, {}
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else None
@@ -189,10 +197,16 @@ def train(
                 ids = micro_batch(data, index, cfg.batch_size, cfg.seed).to(device)
                 mask = (ids != pad_token_id).long()
                 with autocast:
-                    with torch.no_grad():
-                        t_feats = extract(teacher, ids, mask, teacher_req)
-                    s_feats = extract(student, ids, mask, student_req)
-                    terms = loss_module(s_feats, t_feats)
+                    terms = {}
+                    if distil:
+                        with torch.no_grad():
+                            t_feats = extract(teacher, ids, mask, teacher_req)
+                        s_feats = extract(student, ids, mask, student_req)
+                        terms = loss_module(s_feats, t_feats)
+                    if extra_terms is not None:
+                        extra = extra_terms(student, ids, mask)
+                        total = terms.get("total", torch.zeros((), device=device))
+                        terms = {**terms, **extra, "total": sum(extra.values(), total)}
                 total = terms["total"]
                 if not torch.isfinite(total):
                     bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
@@ -209,6 +223,8 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                sums.update(after_step(step, steps) or {})
             if step % cfg.log_every == 0 or step == steps:
                 for k, v in sums.items():
                     curves.setdefault(k, []).append((step, v))

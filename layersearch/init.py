@@ -9,6 +9,9 @@ Strategies are registered by name (torchdistill style) so a config names them:
 - ``etd-rand`` / ``etd-impt``: Extract-then-Distill (Chen et al. 2021): keep a
   subset of hidden dimensions, attention heads and FFN neurons of the chosen
   teacher layers, chosen at random or by importance on a few corpus batches.
+- ``wid`` is not an in-place init: Weight-Inherited Distillation trains a
+  teacher-wide compactor model and merges it at the end, so
+  ``student.make_student`` builds it through ``layersearch.wid``.
 
 Every strategy starts from the seeded random init, so weights it does not copy
 (e.g. a pooler the teacher lacks) are still fixed by the seed. Indices in the
@@ -79,6 +82,11 @@ def init_student(
     batches: Iterable[dict] | None = None,
 ) -> dict:
     """Initialise ``student`` in place by ``cfg.method``; returns a JSON-able report."""
+    if cfg.method == "wid":
+        raise InitError(
+            "student.init.method: 'wid' is not implemented as an in-place init: it changes the "
+            "student's architecture while training; build it with layersearch.student.make_student"
+        )
     if cfg.method not in INITS:
         raise InitError(
             f"student.init.method: '{cfg.method}' is not implemented yet; "

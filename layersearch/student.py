@@ -16,6 +16,7 @@ from layersearch.init import init_student
 from layersearch.losses import DistillLoss
 from layersearch.mapping import Mapping
 from layersearch.models import build_student, student_config
+from layersearch.wid import is_compactor_model, make_wid_student, merge
 
 IMPORTANCE_BATCH = 16
 
@@ -30,13 +31,18 @@ def importance_batches(data: torch.Tensor, count: int, pad_token_id: int) -> Ite
 
 
 def make_student(cfg: Config, teacher: torch.nn.Module, mapping: Mapping,
-                 data: torch.Tensor | None, pad_token_id: int = 0):
+                 data: torch.Tensor | None, pad_token_id: int = 0, tokenizer=None):
     """Returns (student, loss_module, init_report) ready for ``distill.train``.
 
     The student is a base encoder (AutoModel), or a masked-LM model when the
-    objective distils logits; its head then starts from the teacher's.
+    objective distils logits; its head then starts from the teacher's. With
+    ``init.method: wid`` it is the teacher-wide compactor model (see
+    ``layersearch.wid``; ``tokenizer`` serves its MLM masking), which
+    ``finish_student`` turns into the student proper after training.
     """
     scfg = student_config(teacher.config, cfg.student)
+    if cfg.student.init.method == "wid":
+        return make_wid_student(cfg, teacher, mapping, scfg, tokenizer)
     torch.manual_seed(cfg.student.init.seed)
     mlm = cfg.objective.terms.get("logit_kd", 0) > 0
     if mlm:
@@ -55,3 +61,12 @@ def make_student(cfg: Config, teacher: torch.nn.Module, mapping: Mapping,
         student.cls.load_state_dict(teacher.cls.state_dict(), strict=False)
     loss = DistillLoss(cfg.objective, mapping, scfg, teacher.config)
     return student, loss, report
+
+
+def finish_student(student: torch.nn.Module) -> torch.nn.Module:
+    """The model to save or fine-tune once training is over.
+
+    WID's compactor model is hard-pruned and merged into an ordinary, smaller
+    model; any other student is returned as it is.
+    """
+    return merge(student) if is_compactor_model(student) else student

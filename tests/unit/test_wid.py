@@ -1,0 +1,262 @@
+"""WID on tiny random BERTs: exact start, exact merge, progressive marks, penalty, MLM, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertTokenizerFast
+
+from layersearch.config import Config, ObjectiveConfig, TrainConfig, parse_config
+from layersearch.distill import train
+from layersearch.features import Requirements, extract
+from layersearch.init import InitError
+from layersearch.losses import DistillLoss
+from layersearch.mapping import Mapping
+from layersearch.student import finish_student, make_student
+from layersearch.wid import (
+    WIDLoss,
+    build_compactor_model,
+    group_norms,
+    is_compactor_model,
+    kept_indices,
+    merge,
+    penalty_norm,
+    prox_step,
+    update_marks,
+)
+
+TEACHER = dict(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=32)
+DATA = torch.randint(1, 60, (24, 12), generator=torch.Generator().manual_seed(1))
+OBJ = ObjectiveConfig(terms={"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0})
+# (hidden, heads, ffn): dims inside every head; whole heads; both at once.
+TARGETS = [(16, 4, 32), (16, 2, 48), (8, 2, 16)]
+
+
+def teacher(mlm: bool = False, vocab: int = 60, attn: str = "sdpa"):
+    cfg = BertConfig(**{**TEACHER, "vocab_size": vocab})
+    cfg._attn_implementation = attn
+    torch.manual_seed(0)
+    model = (AutoModelForMaskedLM if mlm else AutoModel).from_config(cfg)
+    with torch.no_grad():  # non-trivial LayerNorm affines, so slicing mistakes show
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    model.eval()
+    return model.requires_grad_(False)
+
+
+def target(base, hidden, heads, ffn):
+    cfg = copy.deepcopy(base.config)
+    cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size = hidden, heads, ffn
+    cfg.architectures = None
+    return cfg
+
+
+def batch(seed=5):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 60, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    return ids, mask
+
+
+def config(hidden=16, heads=4, ffn=32, layers=2, **wid) -> Config:
+    return parse_config({
+        "corpus": {"paths": ["unused"]},
+        "objective": OBJ.model_dump(),
+        "student": {"num_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
+                    "intermediate_size": ffn,
+                    "init": {"method": "wid", "layers": "mapping", "wid": wid}},
+    })
+
+
+def compress_randomly(model, seed=0):
+    """Stand-in for training: move every weight, then mark, shrink and mark to the target."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    update_marks(model, 0.5)
+    prox_step(model, 0.2)
+    update_marks(model, 1.0)
+
+
+def test_compactor_model_starts_exactly_at_the_teacher():
+    t = teacher()
+    model = build_compactor_model(t, [1, 2, 3, 4], target(t, 16, 4, 32)).eval()
+    ids, mask = batch()
+    req = Requirements(hidden=range(5), queries=range(1, 5), keys=range(1, 5), values=range(1, 5))
+    with torch.no_grad():
+        a, b = extract(t, ids, mask, req), extract(model, ids, mask, req)
+        pooled = t(input_ids=ids, attention_mask=mask).pooler_output
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).pooler_output, pooled)
+    for kind in ("hidden", "queries", "keys", "values"):
+        for i, x in getattr(a, kind).items():
+            assert torch.equal(getattr(b, kind)[i], x), (kind, i)
+
+
+def test_depth_comes_from_the_mapping():
+    t = teacher()
+    student, loss, report = make_student(config(), t, Mapping((2, 4), 4), None)
+    assert report["teacher_layers"] == [2, 4] and is_compactor_model(student)
+    json.dumps(report)
+    ids, mask = batch()
+    with torch.no_grad():
+        hidden = t.embeddings(input_ids=ids)
+        for i in (2, 4):
+            hidden = t.encoder.layer[i - 1](hidden)
+        student.eval()
+        got = student(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, hidden, atol=1e-6, rtol=0)
+    assert isinstance(loss.distill, DistillLoss) and list(loss.weights) == list(OBJ.terms)
+
+
+@pytest.mark.parametrize("hidden,heads,ffn", TARGETS)
+def test_merged_model_equals_the_pruned_compactor_model(hidden, heads, ffn, tmp_path):
+    t = teacher()
+    model = build_compactor_model(t, [1, 3, 4], target(t, hidden, heads, ffn))
+    compress_randomly(model)
+    small = merge(model)
+    model.eval()
+    keep = kept_indices(model)
+    ids, mask = batch()
+    with torch.no_grad():
+        big = model(input_ids=ids, attention_mask=mask)
+        out = small(input_ids=ids, attention_mask=mask)
+    h = keep["hidden"]
+    pruned = torch.ones(32, dtype=torch.bool)
+    pruned[h] = False
+    assert not big.last_hidden_state[..., pruned].any()  # removed channels are exactly zero
+    torch.testing.assert_close(out.last_hidden_state, big.last_hidden_state[..., h], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooler_output, big.pooler_output[..., h], atol=1e-5, rtol=0)
+
+    c = small.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (
+        3, hidden, heads, ffn)
+    layer = small.encoder.layer[0]
+    assert layer.attention.self.query.weight.shape == (hidden, hidden)
+    assert layer.intermediate.dense.weight.shape == (ffn, hidden)
+    assert small.embeddings.word_embeddings.weight.shape == (60, hidden)
+    small.save_pretrained(tmp_path / "student")
+    loaded = AutoModel.from_pretrained(tmp_path / "student").eval()
+    with torch.no_grad():
+        again = loaded(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(again, out.last_hidden_state, atol=1e-6, rtol=0)
+
+
+def test_marks_grow_to_the_target_and_the_penalty_grows():
+    t = teacher()
+    cfg = config(hidden=16, heads=2, ffn=32, mask_every=3, compress_until=0.5, penalty=0.2,
+                 penalty_growth=2.0)
+    student, loss, _ = make_student(cfg, t, Mapping((2, 4), 4), None)
+    seen = []
+
+    def record(step, sums):
+        marks = student.encoder.layer[0].wid_marks
+        seen.append((step, int(student.wid_residual.marked.sum()), int(marks.heads.sum()),
+                     int(marks.ffn.sum()), float(loss.penalty_weight)))
+
+    result = train(student, t, loss, DATA, TrainConfig(max_steps=12, batch_size=4, learning_rate=1e-3),
+                   on_step=record)
+    residual = [s[1] for s in seen]
+    assert residual == sorted(residual) and residual[1] == 0 and 0 < residual[2] < 16
+    assert seen[5][1:4] == (16, 2, 32)  # compress_until 0.5 of 12 steps: the target at step 6
+    assert seen[-1][1:4] == (16, 2, 32)
+    weights = [s[4] for s in seen]
+    assert weights[:2] == [0, 0] and weights[2:] == pytest.approx([0.2] * 3 + [0.4] * 3 + [0.8] * 3 + [1.6])
+    pen = dict(result.curves["wid_penalty"])
+    assert pen[1] == 0 and pen[3] > 0
+    assert set(result.curves) == {"embedding_mse", "hidden_mse", "attention_mse", "total", "lr",
+                                  "wid_penalty"}
+    # The penalty is logged apart from the total (the prox step, not the gradient, minimises it).
+    totals = result.curves["total"]
+    parts = [result.curves[k] for k in ("embedding_mse", "hidden_mse", "attention_mse")]
+    for (_, total), *terms in zip(totals, *parts, strict=True):
+        assert total == pytest.approx(sum(v for _, v in terms), rel=1e-5)
+    # Marked groups lose 0.4 + 3 * 0.8 + 1.6 of norm after step 6 (they start near sqrt(2)).
+    assert float(penalty_norm(student)) < 1e-6
+    norms = group_norms(student.encoder.layer[1])
+    assert norms["ffn"][student.encoder.layer[1].wid_marks.ffn].max() < 1e-6
+    small = finish_student(student)
+    assert small.config.hidden_size == 16 and not is_compactor_model(small)
+
+
+def test_resume_replays_a_wid_run(tmp_path):
+    def run(**kw):
+        cfg = config(mask_every=2, penalty=0.05)
+        student, loss, _ = make_student(cfg, teacher(), Mapping((2, 4), 4), None)
+        tcfg = TrainConfig(max_steps=6, batch_size=4, learning_rate=1e-3, checkpoint_every=2)
+        return student, train(student, teacher(), loss, DATA, tcfg, **kw)
+
+    full_student, full = run()
+    run(checkpoint_dir=tmp_path, stop_after=3)
+    student, resumed = run(checkpoint_dir=tmp_path, resume=True)
+    assert resumed.curves == full.curves
+    for (k, a), b in zip(full_student.state_dict().items(), student.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def _tokenizer():
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(35))]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+
+
+def test_an_mlm_teacher_trains_with_the_mlm_objective(tmp_path):
+    tok = _tokenizer()
+    t = teacher(mlm=True, vocab=len(tok))
+    cfg = config(hidden=16, heads=2, ffn=32, mask_every=2, penalty=0.05)
+    student, loss, report = make_student(cfg, t, Mapping((2, 4), 4), None, tokenizer=tok)
+    assert report["objective"] == ["mlm"] and loss.student_requirements() == Requirements()
+    data = torch.randint(5, len(tok), (16, 12), generator=torch.Generator().manual_seed(2))
+    data[:, 0] = tok.cls_token_id
+    result = train(student, t, loss, data, TrainConfig(max_steps=6, batch_size=4, learning_rate=1e-3))
+    assert set(result.curves) == {"mlm", "wid_penalty", "total", "lr"}
+    assert all(v > 0 for _, v in result.curves["mlm"])
+    assert result.curves["mlm"] == result.curves["total"]
+    small = merge(student)
+    assert type(small).__name__ == "BertForMaskedLM" and small.config.hidden_size == 16
+    student.eval()
+    ids, mask = data[:3], torch.ones(3, 12, dtype=torch.long)
+    mask[0, 7:] = 0
+    with torch.no_grad():
+        want = student(input_ids=ids, attention_mask=mask).logits
+        got = small(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    small.save_pretrained(tmp_path / "mlm")
+    assert AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm").config.hidden_size == 16
+
+
+def test_wider_heads_than_the_teacher_are_refused():
+    t = teacher()
+    with pytest.raises(InitError, match="head size 16/1 = 16 exceeds the teacher's 8"):
+        make_student(config(hidden=16, heads=1), t, Mapping((2, 4), 4), None)
+
+
+def test_finish_student_leaves_other_students_alone():
+    t = teacher()
+    cfg = config().model_copy(deep=True)
+    cfg.student.init.method = "etd-rand"
+    cfg.student.num_attention_heads = 2
+    cfg.objective.terms = {"hidden_mse": 1.0}
+    student, _, _ = make_student(cfg, t, Mapping((2, 4), 4), None)
+    assert finish_student(student) is student
+
+
+def test_wid_config_is_validated():
+    assert config().student.init.wid.mask_every == 10
+    with pytest.raises(Exception, match="student.init.wid.mask_evry: unknown key"):
+        config(mask_evry=5)
+    with pytest.raises(Exception, match="student.init.wid.penalty_growth"):
+        config(penalty_growth=0.5)
+
+
+def test_wid_loss_does_not_own_the_students_parameters():
+    t = teacher()
+    student, loss, _ = make_student(config(), t, Mapping((2, 4), 4), None)
+    assert isinstance(loss, WIDLoss)
+    assert not list(loss.parameters())
+    assert set(loss.state_dict()) == {"penalty_weight"}
