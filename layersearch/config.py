@@ -12,9 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from layersearch.errors import UserError
 
@@ -249,9 +250,26 @@ class RayConfig(Strict):
 
 class TrackingConfig(Strict):
     # The embedded SQLite store by default; an http(s) URI names a tracking server.
+    # Credentials never go here: the URI is logged as a param of every run.
+    model_config = ConfigDict(hide_input_in_errors=True)  # and errors must not echo them
+
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "layersearch"
     registered_model: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.password is not None or (parts.username and parts.scheme in ("http", "https")):
+            # The message must not repeat the URI: it holds the secret.
+            raise ValueError(
+                "holds credentials (user:password@), which would be written to every run's "
+                "params; remove them and set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or MLFLOW_TRACKING_TOKEN) in the environment instead (for a database URI, "
+                "its client's own, e.g. PGPASSWORD)"
+            )
+        return uri
 
 
 class Config(Strict):

@@ -133,6 +133,52 @@ def load_checkpoint(path: Path, student, loss_module, optimizer, scheduler) -> t
     return int(state["step"]), curves
 
 
+def needs_features(loss_module) -> bool:
+    """Whether the objective reads features at all (WID on an MLM teacher reads only logits)."""
+    return (loss_module.teacher_requirements() != Requirements()
+            or loss_module.student_requirements() != Requirements())
+
+
+def loss_terms(student, loss_module, ids: torch.Tensor, mask: torch.Tensor, t_feats, step: int,
+               distil: bool = True) -> dict[str, torch.Tensor]:
+    """One student's loss terms on one micro-batch, given the teacher's features.
+
+    Shared by ``train`` and ``packed.train_packed`` so both compute exactly the
+    same thing. Raises DivergenceError on a NaN or infinite total.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if distil:
+        s_feats = extract(student, ids, mask, loss_module.student_requirements())
+        terms = loss_module(s_feats, t_feats)
+    extra_terms = getattr(loss_module, "extra_terms", None)  # e.g. WID's MLM loss
+    if extra_terms is not None:
+        extra = extra_terms(student, ids, mask)
+        total = terms.get("total", torch.zeros((), device=ids.device))
+        terms = {**terms, **extra, "total": sum(extra.values(), total)}
+    total = terms["total"]
+    if not torch.isfinite(total):
+        bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
+        raise DivergenceError(
+            f"loss became {total.item()} at step {step} (objective "
+            f"{', '.join(bad) or 'total'}); lower the learning rate or check the data"
+        )
+    return terms
+
+
+def optimizer_step(params, optimizer, scheduler, loss_module, cfg: TrainConfig, step: int, steps: int,
+                   sums: dict[str, float]) -> None:
+    """Clip, step, schedule; then the loss module's after-step hook (WID marking), logged in sums."""
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    sums["lr"] = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    after_step = getattr(loss_module, "after_step", None)
+    if after_step is not None:
+        sums.update(after_step(step, steps) or {})
+
+
 def train(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
@@ -171,10 +217,7 @@ def train(
                               num_warmup_steps=int(cfg.warmup_ratio * steps),
                               num_training_steps=steps)
     teacher_req = loss_module.teacher_requirements()
-    student_req = loss_module.student_requirements()
-    distil = teacher_req != Requirements() or student_req != Requirements()
-    extra_terms = getattr(loss_module, "extra_terms", None)
-    after_step = getattr(loss_module, "after_step", None)
+    distil = needs_features(loss_module)
 
     start_step, curves = 0, {}
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else None
@@ -197,34 +240,15 @@ def train(
                 ids = micro_batch(data, index, cfg.batch_size, cfg.seed).to(device)
                 mask = (ids != pad_token_id).long()
                 with autocast:
-                    terms = {}
+                    t_feats = None
                     if distil:
                         with torch.no_grad():
                             t_feats = extract(teacher, ids, mask, teacher_req)
-                        s_feats = extract(student, ids, mask, student_req)
-                        terms = loss_module(s_feats, t_feats)
-                    if extra_terms is not None:
-                        extra = extra_terms(student, ids, mask)
-                        total = terms.get("total", torch.zeros((), device=device))
-                        terms = {**terms, **extra, "total": sum(extra.values(), total)}
-                total = terms["total"]
-                if not torch.isfinite(total):
-                    bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
-                    raise DivergenceError(
-                        f"loss became {total.item()} at step {step} (objective "
-                        f"{', '.join(bad) or 'total'}); lower the learning rate or check the data"
-                    )
-                (total / cfg.grad_accum_steps).backward()
+                    terms = loss_terms(student, loss_module, ids, mask, t_feats, step, distil)
+                (terms["total"] / cfg.grad_accum_steps).backward()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum_steps
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            sums["lr"] = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if after_step is not None:
-                sums.update(after_step(step, steps) or {})
+            optimizer_step(params, optimizer, scheduler, loss_module, cfg, step, steps, sums)
             if step % cfg.log_every == 0 or step == steps:
                 for k, v in sums.items():
                     curves.setdefault(k, []).append((step, v))

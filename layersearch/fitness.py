@@ -160,9 +160,11 @@ class Evaluator:
     def _finetune(self, ev: Evaluation, student, progress: bool) -> None:
         """The second half of an evaluation: fine-tune on each proxy task and aggregate."""
         from layersearch.finetune import finetune_all
+        from layersearch.student import finish_student
 
         t0 = time.perf_counter()
-        encoder = student.base_model.to(self.device)
+        # WID's compactor model becomes an ordinary smaller model before fine-tuning.
+        encoder = finish_student(student).base_model.to(self.device)
         results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets,
                                self.device, progress)
         ev.timings["finetune_s"] = time.perf_counter() - t0

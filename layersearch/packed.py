@@ -21,8 +21,17 @@ import torch
 from transformers import get_scheduler
 
 from layersearch.config import TrainConfig
-from layersearch.distill import DivergenceError, TrainResult, micro_batch, resolve_device, total_steps
-from layersearch.features import extract
+from layersearch.distill import (
+    DivergenceError,
+    TrainResult,
+    loss_terms,
+    micro_batch,
+    needs_features,
+    optimizer_step,
+    resolve_device,
+    total_steps,
+)
+from layersearch.features import Requirements, extract
 
 
 class _Member:
@@ -35,7 +44,7 @@ class _Member:
         self.scheduler = get_scheduler(cfg.scheduler, self.optimizer,
                                        num_warmup_steps=int(cfg.warmup_ratio * steps),
                                        num_training_steps=steps)
-        self.req = loss_module.student_requirements()
+        self.distil = needs_features(loss_module)
         self.curves: dict[str, list[tuple[int, float]]] = {}
         self.error: Exception | None = None
         # The stream train() would draw from after torch.manual_seed(cfg.seed).
@@ -81,22 +90,18 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
             ids = micro_batch(data, (step - 1) * cfg.grad_accum_steps + micro, cfg.batch_size,
                               cfg.seed).to(device)
             mask = (ids != pad_token_id).long()
-            with autocast, torch.no_grad():
-                t_feats = extract(teacher, ids, mask, teacher_req)
+            t_feats = None
+            if teacher_req != Requirements():
+                with autocast, torch.no_grad():
+                    t_feats = extract(teacher, ids, mask, teacher_req)
             for m, acc in zip(live, sums, strict=True):
                 if m.error is not None:
                     continue
                 m.swap_in(device)
                 try:
                     with autocast:
-                        terms = m.loss(extract(m.student, ids, mask, m.req), t_feats)
-                    total = terms["total"]
-                    if not torch.isfinite(total):
-                        bad = [k for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
-                        raise DivergenceError(
-                            f"loss became {total.item()} at step {step} (objective "
-                            f"{', '.join(bad) or 'total'}); lower the learning rate or check the data")
-                    (total / cfg.grad_accum_steps).backward()
+                        terms = loss_terms(m.student, m.loss, ids, mask, t_feats, step, m.distil)
+                    (terms["total"] / cfg.grad_accum_steps).backward()
                     for k, v in terms.items():
                         acc[k] = acc.get(k, 0.0) + v.item() / cfg.grad_accum_steps
                 except DivergenceError as exc:
@@ -106,12 +111,7 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
         for m, acc in zip(live, sums, strict=True):
             if m.error is not None:
                 continue
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(m.params, cfg.max_grad_norm)
-            acc["lr"] = m.scheduler.get_last_lr()[0]
-            m.optimizer.step()
-            m.scheduler.step()
-            m.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(m.params, m.optimizer, m.scheduler, m.loss, cfg, step, steps, acc)
             if step % cfg.log_every == 0 or step == steps:
                 for k, v in acc.items():
                     m.curves.setdefault(k, []).append((step, v))

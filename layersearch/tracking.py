@@ -60,7 +60,8 @@ class Tracker:
 
     # runs -----------------------------------------------------------------
     def start(self, name: str, parent_id: str | None = None, tags: dict | None = None) -> str:
-        all_tags = {"mlflow.runName": name, **(tags or {})}
+        # Over REST, tag values must be strings (the SQLite store is more lenient).
+        all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)

@@ -7,6 +7,11 @@ An actor that dies (node lost, out of memory, preemption) is replaced and its
 evaluation re-queued, up to ``ray.max_retries`` times per evaluation; after
 that the evaluation is reported as failed, so a search always finishes with
 every candidate accounted for.
+
+Work goes only to actors that have started: a replacement may wait for
+resources (a lost node's GPU) indefinitely, and the evaluations meanwhile run
+on the actors that are left. Only when no actor is left does the pool wait
+for capacity to come back, as a cluster's autoscaler or a restarted node gives it.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from layersearch.config import Config, RayConfig
+from layersearch.errors import UserError
 from layersearch.fitness import Evaluation
 from layersearch.mapping import Mapping
+
+
+class EvaluatorStartError(UserError):
+    pass
 
 
 def default_factory(cfg: Config):
@@ -61,10 +71,25 @@ def ensure_ray(cfg: RayConfig) -> None:
              configure_logging=True, logging_level="WARNING")
 
 
+def _reason(exc: BaseException) -> str:
+    """One line on why: the remote exception where the evaluator or its constructor raised."""
+    cause = getattr(exc, "cause", None)  # RayTaskError: the evaluator's own exception
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    if getattr(exc, "actor_init_failed", False) and lines:
+        return lines[-1][:300]  # the message ends with the constructor's traceback
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 @dataclass
 class _Job:
     mapping: Mapping
     attempts: int = 0
+
+    def failed(self, why: str, error: str = "") -> Evaluation:
+        return Evaluation(list(self.mapping.genes), self.mapping.num_teacher_layers, "",
+                          status=f"failed: {why}"[:500], error=error)
 
 
 class EvaluatorPool:
@@ -80,57 +105,100 @@ class EvaluatorPool:
         if resources:
             options["resources"] = resources
         self._actor_cls = ray.remote(EvaluatorActor).options(**options)
-        self.actors = [self._new_actor() for _ in range(cfg.ray.num_evaluators)]
+        self.actors: set = set()  # every actor alive or being created, for shutdown
+        self.ready: list = []  # started and idle
+        self.starting: dict = {}  # readiness probe -> actor being created
         self.replaced = 0
+        self.start_failures = 0  # in a row; reset by any actor that starts
+        for _ in range(cfg.ray.num_evaluators):
+            self._start_actor()
 
-    def _new_actor(self):
-        return self._actor_cls.remote(self.cfg, self.factory)
+    def _start_actor(self) -> None:
+        actor = self._actor_cls.remote(self.cfg, self.factory)
+        self.actors.add(actor)
+        self.starting[actor.where_am_i.remote()] = actor
+
+    def _replace(self, actor) -> None:
+        import ray
+
+        # Ray may only think it unreachable (ActorUnavailableError): kill it so a
+        # live one cannot keep holding its GPU while the replacement waits for one.
+        ray.kill(actor, no_restart=True)
+        self.actors.discard(actor)
+        self.replaced += 1
+        self._start_actor()
+
+    def _started(self, probe) -> None:
+        """A readiness probe came back: the actor joins the pool, or is replaced."""
+        import ray
+        from ray.exceptions import RayError
+
+        actor = self.starting.pop(probe)
+        try:
+            ray.get(probe)
+        except RayError as exc:  # the constructor raised, or the node went before it ran
+            self.start_failures += 1
+            limit = (self.cfg.ray.max_retries + 1) * self.cfg.ray.num_evaluators
+            if self.start_failures >= limit:
+                self.shutdown()
+                raise EvaluatorStartError(
+                    f"no evaluator could start ({self.start_failures} tries in a row); "
+                    f"the last error: {_reason(exc)}") from None
+            self._replace(actor)
+            return
+        self.start_failures = 0
+        self.ready.append(actor)
 
     def run(self, mappings: list[Mapping], on_result: Callable[[Evaluation], None],
             on_event: Callable[[str, Mapping], None] | None = None) -> list[Evaluation]:
         """Evaluate every mapping; ``on_result`` is called as each one finishes."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayError, RayTaskError
 
         queue = deque(_Job(m) for m in mappings)
-        idle = list(self.actors)
         in_flight: dict = {}  # object ref -> (actor, job)
         results: list[Evaluation] = []
 
-        def submit():
-            while queue and idle:
-                actor, job = idle.pop(), queue.popleft()
+        def dispatch():
+            while queue and self.ready:
+                actor, job = self.ready.pop(), queue.popleft()
                 job.attempts += 1
                 ref = actor.evaluate.remote(list(job.mapping.genes), job.mapping.num_teacher_layers)
                 in_flight[ref] = (actor, job)
                 if on_event:
                     on_event("started", job.mapping)
 
-        submit()
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, job = in_flight.pop(done[0])
-            try:
-                ev = Evaluation.from_dict(ray.get(done[0]))
-                idle.append(actor)
-            except RayActorError as exc:
-                # The worker is gone: replace it, and retry the evaluation elsewhere.
-                replacement = self._new_actor()
-                self.actors[self.actors.index(actor)] = replacement
-                self.replaced += 1
-                idle.append(replacement)
-                if job.attempts <= self.cfg.ray.max_retries:
-                    queue.appendleft(job)
-                    if on_event:
-                        on_event("retry", job.mapping)
-                    submit()
+        while queue or in_flight:
+            dispatch()
+            done, rest = ray.wait([*in_flight, *self.starting], num_returns=1)
+            if rest:  # and whatever else has finished by now, to restart every freed actor at once
+                done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            finished = []
+            for ref in done:
+                if ref in self.starting:
+                    self._started(ref)
                     continue
-                ev = Evaluation(list(job.mapping.genes), job.mapping.num_teacher_layers, "",
-                                status=f"failed: worker lost {job.attempts} times "
-                                       f"({type(exc).__name__})")
-            on_result(ev)
-            results.append(ev)
-            submit()
+                actor, job = in_flight.pop(ref)
+                try:
+                    finished.append(Evaluation.from_dict(ray.get(ref)))
+                    self.ready.append(actor)
+                except RayTaskError as exc:  # the evaluator itself raised: a result, not a lost worker
+                    self.ready.append(actor)
+                    finished.append(job.failed(_reason(exc), error=str(exc)))
+                except RayError as exc:  # the worker is gone (node lost, OOM-killed, unreachable)
+                    self._replace(actor)
+                    if job.attempts <= self.cfg.ray.max_retries:
+                        queue.appendleft(job)
+                        if on_event:
+                            on_event("retry", job.mapping)
+                    else:
+                        finished.append(job.failed(f"worker lost {job.attempts} times ({type(exc).__name__})"))
+            # Freed actors start their next evaluations before these are recorded: the
+            # driver writes each one to MLflow, which would otherwise leave them idle.
+            dispatch()
+            for ev in finished:
+                on_result(ev)
+                results.append(ev)
         return results
 
     def shutdown(self) -> None:
@@ -138,4 +206,6 @@ class EvaluatorPool:
 
         for a in self.actors:
             ray.kill(a, no_restart=True)
-        self.actors = []
+        self.actors.clear()
+        self.ready.clear()
+        self.starting.clear()
