@@ -246,6 +246,9 @@ class RayConfig(Strict):
     num_cpus: PosFloat = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     max_retries: NonNegInt = 2
+    # Candidates trained together against one teacher pass per batch (packed.py);
+    # "auto" lets each evaluator choose from its free memory.
+    pack_size: PosInt | Literal["auto"] = 1
 
 
 class TrackingConfig(Strict):

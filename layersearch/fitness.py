@@ -146,6 +146,23 @@ class Evaluator:
         self.datasets = {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names}
         self.num_teacher_layers = self.teacher.config.num_hidden_layers
 
+    def suggest_pack_size(self, cap: int = 16) -> int:
+        """How many students to pack: from free GPU memory, or 4 on a CPU.
+
+        A student's training state is about 16 bytes per parameter (weights,
+        gradients, two Adam moments); activations are allowed as much again.
+        """
+        if self.device != "cuda":
+            return 4
+        from layersearch.models import student_config
+
+        scfg = student_config(self.teacher.config, self.cfg.student)
+        per_layer = 4 * scfg.hidden_size ** 2 + 2 * scfg.hidden_size * scfg.intermediate_size
+        params = scfg.vocab_size * scfg.hidden_size + scfg.num_hidden_layers * per_layer
+        need = 2 * 16 * params
+        free, _ = torch.cuda.mem_get_info()
+        return max(1, min(cap, int(0.8 * free // need)))
+
     def _new(self, mapping: Mapping) -> Evaluation:
         return Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
                           worker=f"{socket.gethostname()}:{os.getpid()}")

@@ -43,7 +43,10 @@ class EvaluatorActor:
 
     def __init__(self, cfg: Config, factory: Callable[[Config], object]):
         import ray
+        import torch
 
+        # One intra-op thread per CPU Ray granted: more threads than cores only contend.
+        torch.set_num_threads(max(1, int(cfg.ray.num_cpus)))
         self.evaluator = factory(cfg)
         try:
             node = ray.get_runtime_context().get_node_id()[:8]
@@ -55,6 +58,21 @@ class EvaluatorActor:
         ev = self.evaluator.evaluate(Mapping(tuple(genes), num_teacher_layers))
         ev.worker = self.where
         return ev.to_dict()  # plain data across the process boundary
+
+    def evaluate_pack(self, genes: list[list[int]], num_teacher_layers: int) -> list[dict]:
+        """Several candidates sharing one teacher pass per batch (see packed.py)."""
+        mappings = [Mapping(tuple(g), num_teacher_layers) for g in genes]
+        if hasattr(self.evaluator, "evaluate_pack"):
+            evs = self.evaluator.evaluate_pack(mappings)
+        else:  # an evaluator without packing evaluates them in turn
+            evs = [self.evaluator.evaluate(m) for m in mappings]
+        for ev in evs:
+            ev.worker = self.where
+        return [ev.to_dict() for ev in evs]
+
+    def suggest_pack_size(self) -> int:
+        suggest = getattr(self.evaluator, "suggest_pack_size", None)
+        return int(suggest()) if suggest else 1
 
     def where_am_i(self) -> str:
         return self.where
@@ -110,6 +128,7 @@ class EvaluatorPool:
         self.starting: dict = {}  # readiness probe -> actor being created
         self.replaced = 0
         self.start_failures = 0  # in a row; reset by any actor that starts
+        self._auto_pack: int | None = None
         for _ in range(cfg.ray.num_evaluators):
             self._start_actor()
 
@@ -159,14 +178,24 @@ class EvaluatorPool:
         in_flight: dict = {}  # object ref -> (actor, job)
         results: list[Evaluation] = []
 
+        pack = self._pack_size()
+
         def dispatch():
             while queue and self.ready:
-                actor, job = self.ready.pop(), queue.popleft()
-                job.attempts += 1
-                ref = actor.evaluate.remote(list(job.mapping.genes), job.mapping.num_teacher_layers)
-                in_flight[ref] = (actor, job)
-                if on_event:
-                    on_event("started", job.mapping)
+                # Spread a short queue over every idle actor rather than packing it onto one.
+                size = max(1, min(pack, -(-len(queue) // len(self.ready))))
+                actor = self.ready.pop()
+                jobs = [queue.popleft() for _ in range(min(size, len(queue)))]
+                n_teacher = jobs[0].mapping.num_teacher_layers
+                if len(jobs) == 1:
+                    ref = actor.evaluate.remote(list(jobs[0].mapping.genes), n_teacher)
+                else:
+                    ref = actor.evaluate_pack.remote([list(j.mapping.genes) for j in jobs], n_teacher)
+                in_flight[ref] = (actor, jobs)
+                for job in jobs:
+                    job.attempts += 1
+                    if on_event:
+                        on_event("started", job.mapping)
 
         while queue or in_flight:
             dispatch()
@@ -178,21 +207,24 @@ class EvaluatorPool:
                 if ref in self.starting:
                     self._started(ref)
                     continue
-                actor, job = in_flight.pop(ref)
+                actor, jobs = in_flight.pop(ref)
                 try:
-                    finished.append(Evaluation.from_dict(ray.get(ref)))
+                    out = ray.get(ref)
+                    finished.extend(Evaluation.from_dict(d) for d in (out if len(jobs) > 1 else [out]))
                     self.ready.append(actor)
                 except RayTaskError as exc:  # the evaluator itself raised: a result, not a lost worker
                     self.ready.append(actor)
-                    finished.append(job.failed(_reason(exc), error=str(exc)))
+                    finished.extend(job.failed(_reason(exc), error=str(exc)) for job in jobs)
                 except RayError as exc:  # the worker is gone (node lost, OOM-killed, unreachable)
                     self._replace(actor)
-                    if job.attempts <= self.cfg.ray.max_retries:
-                        queue.appendleft(job)
-                        if on_event:
-                            on_event("retry", job.mapping)
-                    else:
-                        finished.append(job.failed(f"worker lost {job.attempts} times ({type(exc).__name__})"))
+                    for job in reversed(jobs):
+                        if job.attempts <= self.cfg.ray.max_retries:
+                            queue.appendleft(job)
+                            if on_event:
+                                on_event("retry", job.mapping)
+                        else:
+                            finished.append(
+                                job.failed(f"worker lost {job.attempts} times ({type(exc).__name__})"))
             # Freed actors start their next evaluations before these are recorded: the
             # driver writes each one to MLflow, which would otherwise leave them idle.
             dispatch()
@@ -200,6 +232,20 @@ class EvaluatorPool:
                 on_result(ev)
                 results.append(ev)
         return results
+
+    def _pack_size(self) -> int:
+        """ray.pack_size, or for "auto" what the first started evaluator suggests."""
+        import ray
+
+        size = self.cfg.ray.pack_size
+        if size != "auto":
+            return int(size)
+        if self._auto_pack is None:
+            while not self.ready and self.starting:
+                done, _ = ray.wait(list(self.starting), num_returns=1)
+                self._started(done[0])
+            self._auto_pack = ray.get(self.ready[0].suggest_pack_size.remote()) if self.ready else 1
+        return self._auto_pack
 
     def shutdown(self) -> None:
         import ray

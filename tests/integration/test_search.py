@@ -182,3 +182,18 @@ def test_sigkill_mid_generation_then_resume(quickstart_raw, tmp_path):
     assert ref.best.mapping.key == best_key
     _, ref_kids = children(fresh, ref.run_id)
     assert sorted(k.data.params["mapping"] for k in ref_kids) == sorted(keys)
+
+
+def test_pool_dispatches_packs(quickstart_raw, tmp_path):
+    raw = search_raw(quickstart_raw, tmp_path)
+    raw["ray"]["pack_size"] = 3
+    cfg = parse_config(raw)
+    pool = EvaluatorPool(cfg, fitness_double.factory(str(tmp_path / "markers"), delay=0.1))
+    started = []
+    mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6), (1, 3, 6)]]
+    results = pool.run(mappings, lambda ev: None, lambda kind, m: started.append((kind, m.genes)))
+    pool.shutdown()
+    assert sorted(tuple(r.genes) for r in results) == sorted(m.genes for m in mappings)
+    assert len(started) == 5 and len(list((tmp_path / "markers").iterdir())) == 5
+    # Five candidates over two actors with packs of up to three: both actors get a pack.
+    assert len({r.worker for r in results}) == 2
