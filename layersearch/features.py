@@ -126,7 +126,8 @@ def extract(
     with qkv_hooks(model, req) as caught:
         out = runner(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            # No padding (corpus blocks never have any): no mask, so SDPA takes its unmasked path.
+            attention_mask=None if bool(attention_mask.all()) else attention_mask,
             token_type_ids=token_type_ids,
             output_hidden_states=bool(req.hidden),
             return_dict=True,

@@ -30,6 +30,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from layersearch.config import FinetuneConfig, TasksConfig
 from layersearch.data.tasks import TASKS, load_task, score
+from layersearch.distill import adamw
 from layersearch.errors import UserError
 
 WARMUP_RATIO = 0.1
@@ -122,7 +123,7 @@ def _train(
     steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))  # a fractional epoch is cut short
     # torch's default AdamW weight decay (0.01), as BERT fine-tuning recipes use.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    optimizer = adamw(model.parameters(), cfg.learning_rate)
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=int(WARMUP_RATIO * total), num_training_steps=total
     )

@@ -24,6 +24,7 @@ from layersearch.config import TrainConfig
 from layersearch.distill import (
     DivergenceError,
     TrainResult,
+    adamw,
     loss_terms,
     micro_batch,
     needs_features,
@@ -40,7 +41,7 @@ class _Member:
     def __init__(self, student, loss_module, cfg: TrainConfig, steps: int, device):
         self.student, self.loss = student.to(device).train(), loss_module.to(device).train()
         self.params = [p for p in [*student.parameters(), *loss_module.parameters()] if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.params, cfg.learning_rate, cfg.weight_decay)
         self.scheduler = get_scheduler(cfg.scheduler, self.optimizer,
                                        num_warmup_steps=int(cfg.warmup_ratio * steps),
                                        num_training_steps=steps)
