@@ -26,7 +26,7 @@ import torch
 from layersearch.config import Config
 from layersearch.mapping import Mapping
 
-SPEC_VERSION = 1  # bump when evaluation code changes what a spec's fitness means
+SPEC_VERSION = 2  # bump when evaluation code changes what a spec's fitness means
 
 
 def proxy_spec(cfg: Config) -> dict:
