@@ -9,6 +9,7 @@ state, so continuing from step k replays steps k+1.. bit for bit on CPU.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -68,10 +69,14 @@ def micro_batch(data: torch.Tensor, index: int, batch_size: int, seed: int) -> t
     """Micro-batch ``index`` of an endless seeded shuffle of the blocks (drop-last per epoch)."""
     per_epoch = max(1, data.shape[0] // batch_size)
     epoch, pos = divmod(index, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(data.shape[0], generator=gen)
-    rows = order[pos * batch_size:(pos + 1) * batch_size]
+    rows = _epoch_order(data.shape[0], seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
     return data[rows]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffle of one epoch; cached, since every micro-batch of the epoch reads it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def resolve_device(precision: str) -> tuple[torch.device, torch.dtype | None]:

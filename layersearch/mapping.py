@@ -8,7 +8,6 @@ teacher's embedding output, so it is not a gene.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 import os
@@ -175,6 +174,3 @@ def resolve_mapping(spec: str, num_student_layers: int, num_teacher_layers: int)
     validate_genes(mapping.genes, num_teacher_layers, num_student_layers)
     return mapping
 
-
-def mapping_digest(mapping: Mapping) -> str:
-    return hashlib.sha256(mapping.key.encode()).hexdigest()[:12]

@@ -25,13 +25,11 @@ def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int 
 
     ga = GeneticSearch(cfg.search, cfg.student.num_layers, num_teacher_layers)
     rng = random.Random(seed)
-    low = 0 if cfg.search.allow_zero else 1
     out: list[Mapping] = []
     for _ in range(count * 20):
         if len(out) == count:
             break
-        genes = ga.repair([rng.randint(low, num_teacher_layers) for _ in range(cfg.student.num_layers)])
-        m = Mapping(tuple(genes), num_teacher_layers)
+        m = Mapping(tuple(ga.random_genome(rng)), num_teacher_layers)
         if m not in out:
             out.append(m)
     return out
@@ -39,22 +37,25 @@ def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int 
 
 def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool = True) -> list:
     """Evaluate (or read from cache) each mapping, log one MLflow run each, print a table."""
-    from layersearch.fitness import Evaluator
+    from layersearch.fitness import Evaluator, spec_key
     from layersearch.search.cache import EvaluationCache
     from layersearch.tracking import Tracker, log_evaluation
 
     tracker = Tracker(cfg.tracking)
-    evaluator = Evaluator(cfg)
-    cache = EvaluationCache(cfg.search.cache_dir, evaluator.spec_key)
+    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg))
+    evaluator = None  # teacher, slice and task data load only if something must run
     results = []
     for label, mapping in zip(labels, mappings, strict=True):
         hit = cache.get(mapping) if use_cache else None
         console.print(f"[bold]{label}[/] {mapping}: " + ("cached" if hit else "evaluating ..."))
         with tracker.run(f"eval {mapping}", tags={"layersearch.kind": "evaluation",
                                                  "layersearch.label": label}) as run_id:
-            ev = hit or evaluator.evaluate(mapping, progress=True)
-            if not hit:
+            if hit is None:
+                evaluator = evaluator or Evaluator(cfg)
+                ev = evaluator.evaluate(mapping, progress=True)
                 cache.put(ev)
+            else:
+                ev = hit
             log_evaluation(tracker, run_id, ev, cached=hit is not None)
         results.append((label, ev))
     print_table(cfg, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ UriOpt = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI
 
 
 def _line(kind: str, p, info: dict) -> None:
-    elapsed = __import__("time").perf_counter() - p.started
+    elapsed = time.perf_counter() - p.started
     best = "-" if p.best is None else f"{p.best:.4f} {p.best_genes}"
     head = (f"[dim]{elapsed:6.0f}s[/] gen {p.generation + 1}/{p.generations} | done {p.done} "
             f"running {p.running} cached {p.cached} failed {p.failed} | best {best}")

@@ -261,6 +261,10 @@ class GeneticSearch:
                 found.append(genes)
         return found
 
+    def random_genome(self, rng: random.Random) -> list[int]:
+        """A uniformly drawn genome, repaired into the search space."""
+        return self.repair([rng.randint(self.low, self.n) for _ in range(self.m)])
+
     def start(self) -> GAState:
         """Generation 0: the heuristics (if seed_heuristics), then random genomes."""
         rng = random.Random(self.cfg.seed)
@@ -269,7 +273,7 @@ class GeneticSearch:
         seen = {tuple(g) for g in pop}
         draws = 0
         while len(pop) < size:
-            genes = self.repair([rng.randint(self.low, self.n) for _ in range(self.m)])
+            genes = self.random_genome(rng)
             draws += 1
             # Prefer distinct genomes, but a tight search space may hold fewer than `size`.
             if tuple(genes) not in seen or draws > 20 * size:
