@@ -1,15 +1,21 @@
 """Search throughput: packed evaluation (K students per teacher pass) against one at a time.
 
     python bench/search_throughput.py                 # CPU: offline MiniLM-L6 teacher, 3-layer students
+                                                      # of the teacher's width (384) and of half (192)
     python bench/search_throughput.py --gpu           # GPU: bert-base-shaped teacher (random init),
                                                       # 4-layer 312-wide students, bf16
 
 Same data, same proxy budget, one process. For K = 1, 2, 4, 8 it times the
 proxy distillation of K candidates packed (one teacher forward per batch,
 only the mapped layers' tensors requested, SDPA attention) against the naive
-path (each candidate trained alone, its own teacher pass per batch), and
-prints evaluations per hour and the ratio. Whole evaluations add each
-candidate's fine-tuning on the proxy tasks, which packing does not share.
+path (each candidate trained alone by ``distill.train``, its own teacher pass
+per batch), and prints evaluations per hour and the ratio. Whole evaluations
+add each candidate's fine-tuning on the proxy tasks, which packing does not
+share.
+
+Packing can only save the teacher's share of a naive evaluation, so the bench
+also times the teacher's forward passes alone and prints the bound that share
+puts on the ratio (Amdahl): 1 / (1 - f + f / K) for a teacher share f.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pathlib import Path
 import torch
 
 from layersearch.config import parse_config
-from layersearch.distill import train
+from layersearch.distill import micro_batch, resolve_device, total_steps, train
+from layersearch.features import extract
 from layersearch.mapping import Mapping
 from layersearch.packed import train_packed
 from layersearch.student import make_student
@@ -32,28 +39,37 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def cpu_setup(args):
+def cpu_student(width: int, teacher_width: int) -> dict:
+    """A 3-layer student: the teacher's own shape copied by mapping, or a narrower
+    TinyBERT-like one (12 heads, FFN 4x width, random init: timing does not depend on init)."""
+    if width == teacher_width:
+        return {"num_layers": 3, "init": {"method": "copy"}}
+    return {"num_layers": 3, "hidden_size": width, "num_attention_heads": 12,
+            "intermediate_size": 4 * width, "init": {"method": "random"}}
+
+
+def cpu_setup(args, width: int):
     from layersearch.data.slices import get_slice
     from layersearch.models import load_teacher, load_tokenizer
 
+    teacher = load_teacher("offline:minilm-l6", attentions=False)
+    tok = load_tokenizer("offline:minilm-l6")
     raw = {
         "teacher": {"model": "offline:minilm-l6"},
-        "student": {"num_layers": 3, "init": {"method": "copy"}},
+        "student": cpu_student(width, teacher.config.hidden_size),
         "corpus": {"paths": [str(SHARED / "corpus" / "wikitext103")], "seq_length": args.seq,
                    "cache_dir": str(ROOT / "proxy_data" / "cache")},
-        "proxy": {"train": {"max_steps": args.steps, "batch_size": args.batch, "precision": "fp32"}},
+        "proxy": {"train": {"max_steps": args.steps, "batch_size": args.batch, "precision": args.precision}},
         "tasks": {"source": str(SHARED / "glue"), "names": ["sst2", "mrpc", "rte"],
                   "finetune": {"train_examples": args.ft_examples, "dev_examples": args.ft_examples // 2,
                                "seq_length": args.seq}},
     }
     cfg = parse_config(raw)
-    teacher = load_teacher("offline:minilm-l6", attentions=False)
-    tok = load_tokenizer("offline:minilm-l6")
     data = get_slice(cfg.corpus, tok, 256, seed=0).input_ids
     return cfg, teacher, tok, data
 
 
-def gpu_setup(args):
+def gpu_setup(args, width: int):
     from transformers import BertConfig
 
     from layersearch.models import build_student
@@ -62,7 +78,7 @@ def gpu_setup(args):
     tcfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     teacher = build_student(tcfg, attentions=False).cuda().eval()
     raw = {
-        "student": {"num_layers": 4, "hidden_size": 312, "num_attention_heads": 12,
+        "student": {"num_layers": 4, "hidden_size": width, "num_attention_heads": 12,
                     "intermediate_size": 1200, "init": {"method": "random"}},
         "corpus": {"paths": ["unused"], "seq_length": args.seq},
         "proxy": {"train": {"max_steps": args.steps, "batch_size": args.batch, "precision": "bf16"}},
@@ -88,19 +104,25 @@ def sync():
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--ks", default="1,2,4,8")
-    ap.add_argument("--ft-examples", type=int, default=256)
-    ap.add_argument("--no-finetune", action="store_true")
-    args = ap.parse_args()
-    ks = [int(k) for k in args.ks.split(",")]
+def teacher_seconds(teacher, loss_module, data, cfg) -> float:
+    """The teacher's forward passes of one naive proxy distillation, alone."""
+    device, amp_dtype = resolve_device(cfg.precision)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type,
+                                                                                               enabled=False)
+    req = loss_module.teacher_requirements()
+    sync()
+    t0 = time.perf_counter()
+    for index in range(total_steps(cfg, data.shape[1]) * cfg.grad_accum_steps):
+        ids = micro_batch(data, index, cfg.batch_size, cfg.seed).to(device)
+        with autocast, torch.no_grad():
+            extract(teacher, ids, torch.ones_like(ids), req)
+    sync()
+    return time.perf_counter() - t0
 
-    cfg, teacher, tok, data = gpu_setup(args) if args.gpu else cpu_setup(args)
+
+def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
+    """Bench one student shape; prints its table and returns K -> distillation ratio."""
+    cfg, teacher, tok, data = gpu_setup(args, width) if args.gpu else cpu_setup(args, width)
     n = teacher.config.num_hidden_layers
     cands = mappings(cfg, n, max(ks))
     pad = 0
@@ -110,7 +132,7 @@ def main() -> None:
     train(s, teacher, lm, data, cfg.proxy.train.model_copy(update={"max_steps": 2}))
 
     # Naive: each candidate alone; per-candidate proxy distillation time.
-    naive = []
+    naive, teach = [], []
     for m in cands:
         s, lm, _ = make_student(cfg, teacher, m, None, pad)
         sync()
@@ -118,7 +140,9 @@ def main() -> None:
         train(s, teacher, lm, data, cfg.proxy.train)
         sync()
         naive.append(time.perf_counter() - t0)
+        teach.append(teacher_seconds(teacher, lm, data, cfg.proxy.train))
     naive_each = statistics.fmean(naive)
+    share = statistics.fmean(teach) / naive_each
 
     finetune_each = 0.0
     if not args.gpu and not args.no_finetune:
@@ -147,22 +171,29 @@ def main() -> None:
         mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         rows.append((k, packed, mem))
 
+    sc = s.config
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device}; proxy budget {args.steps} steps x {args.batch} x {args.seq} tokens; "
-          f"teacher {n} layers, student {cfg.student.num_layers} layers")
+    print(f"\n== student {sc.num_hidden_layers} layers x {sc.hidden_size} wide ({sc.num_attention_heads} heads, "
+          f"FFN {sc.intermediate_size}); teacher {n} layers x {teacher.config.hidden_size} ==")
+    print(f"device: {device}; {cfg.proxy.train.precision}; proxy budget {args.steps} steps x {args.batch} x "
+          f"{args.seq} tokens")
     print(f"naive proxy distillation: {naive_each:.2f} s per candidate "
-          f"({3600 / naive_each:.0f} evaluations/hour, distillation phase)")
+          f"({3600 / naive_each:.0f} evaluations/hour, distillation phase); "
+          f"teacher forward share f = {share:.2f}")
     if finetune_each:
         print(f"fine-tuning on {', '.join(cfg.tasks.names)}: {finetune_each:.2f} s per candidate")
-    header = f"{'K':>3} {'packed s':>9} {'distill evals/h':>16} {'ratio':>6}"
+    header = f"{'K':>3} {'packed s':>9} {'distill evals/h':>16} {'ratio':>6} {'bound':>6}"
     if finetune_each:
         header += f" {'whole evals/h':>14} {'ratio':>6}"
     if args.gpu:
         header += f" {'peak GiB':>9}"
     print(header)
+    ratios = {}
     for k, packed, mem in rows:
         per = packed / k
-        line = f"{k:>3} {packed:>9.2f} {3600 / per:>16.0f} {naive_each / per:>5.2f}x"
+        ratios[k] = naive_each / per
+        bound = 1 / (1 - share + share / k)
+        line = f"{k:>3} {packed:>9.2f} {3600 / per:>16.0f} {ratios[k]:>5.2f}x {bound:>5.2f}x"
         if finetune_each:
             whole_naive = naive_each + finetune_each
             whole_packed = per + finetune_each
@@ -170,6 +201,27 @@ def main() -> None:
         if mem is not None:
             line += f" {mem:>9.2f}"
         print(line)
+    return ratios
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--ks", default="1,2,4,8")
+    ap.add_argument("--widths", default=None,
+                    help="student widths, comma-separated (CPU default 384,192; GPU default 312)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="CPU only; GPU runs bf16")
+    ap.add_argument("--ft-examples", type=int, default=256)
+    ap.add_argument("--no-finetune", action="store_true")
+    args = ap.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+    widths = [int(w) for w in (args.widths or ("312" if args.gpu else "384,192")).split(",")]
+    summary = {w: run_shape(args, w, ks) for w in widths}
+    print("\ndistillation-phase ratio, packed vs naive: " + "; ".join(
+        f"width {w}: " + ", ".join(f"K={k} {r:.2f}x" for k, r in rs.items()) for w, rs in summary.items()))
 
 
 if __name__ == "__main__":

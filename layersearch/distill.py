@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from layersearch.config import TrainConfig
+from layersearch.cpu_memory import keep_freed_memory
 from layersearch.errors import UserError
 from layersearch.features import Requirements, extract
 
@@ -217,6 +218,8 @@ def train(
     if data.ndim != 2 or data.shape[0] == 0:
         raise ValueError(f"expected token blocks [N, T], got shape {tuple(data.shape)}")
     device, amp_dtype = resolve_device(cfg.precision)
+    if device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     student.to(device).train()
     teacher.to(device).eval()

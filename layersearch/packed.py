@@ -21,6 +21,7 @@ import torch
 from transformers import get_scheduler
 
 from layersearch.config import TrainConfig
+from layersearch.cpu_memory import keep_freed_memory
 from layersearch.distill import (
     DivergenceError,
     TrainResult,
@@ -74,6 +75,8 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     that stopped it (the rest of the pack carries on).
     """
     device, amp_dtype = resolve_device(cfg.precision)
+    if device.type == "cpu":
+        keep_freed_memory()
     steps = total_steps(cfg, data.shape[1])
     teacher.to(device).eval()
     outer_rng = torch.get_rng_state()
