@@ -124,7 +124,8 @@ def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path,
                 if len(recorded) == 2:  # each evaluator has just taken its second evaluation
                     second_round.set()
 
-    driver = SearchDriver(parse_config(raw), fitness_double.factory(str(markers), delay=1.0),
+    holds = tmp_path / "holds"
+    driver = SearchDriver(parse_config(raw), fitness_double.factory(str(markers), delay=1.0, hold_dir=str(holds)),
                           num_teacher_layers=6, pool_resources=SLOT, on_event=on_event)
     outcome: dict = {}
 
@@ -138,11 +139,23 @@ def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path,
     search = threading.Thread(target=run_search, daemon=True)
     search.start()
     assert second_round.wait(timeout=120), "the search never got going"
-    time.sleep(0.3)  # well inside both evaluations in flight (1 s each)
+    # Hold the evaluations in flight (both end their 1 s sleep well after this), so the
+    # survivor cannot finish the whole search alone while the replacement actor starts:
+    # on a loaded 2-core machine that start can take longer than the work left.
+    hold = holds / "hold"
+    hold.touch()
+    first_pids = {p.name for p in (holds / "evaluators").iterdir()}
+    time.sleep(0.3)
     with lock:
         recorded_before = set(recorded)
     c.remove_node(workers[0], allow_graceful=graceful)  # then capacity comes back:
     replacement = c.add_node(num_cpus=1, resources=SLOT)
+    deadline = time.monotonic() + 180
+    while not any(p.name.startswith("held-") and p.name.removeprefix("held-") not in first_pids
+                  for p in holds.iterdir()):
+        assert time.monotonic() < deadline, "no replacement evaluator took work"
+        time.sleep(0.1)
+    hold.unlink()  # the replacement is working: let everything finish
     search.join(timeout=180)
     assert not search.is_alive(), "the search did not finish"
     assert "result" in outcome, repr(outcome.get("error"))
