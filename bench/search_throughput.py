@@ -16,6 +16,8 @@ share.
 Packing can only save the teacher's share of a naive evaluation, so the bench
 also times the teacher's forward passes alone and prints the bound that share
 puts on the ratio (Amdahl): 1 / (1 - f + f / K) for a teacher share f.
+Timings repeat (``--repeats``, 3 by default), naive and packed back to back
+in each repeat; the table shows the median ratio and its range.
 """
 
 from __future__ import annotations
@@ -131,31 +133,15 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
     s, lm, _ = make_student(cfg, teacher, cands[0], None, pad)
     train(s, teacher, lm, data, cfg.proxy.train.model_copy(update={"max_steps": 2}))
 
-    # Naive: each candidate alone; per-candidate proxy distillation time.
-    naive, teach = [], []
-    for m in cands:
+    def naive_run(m) -> float:
         s, lm, _ = make_student(cfg, teacher, m, None, pad)
         sync()
         t0 = time.perf_counter()
         train(s, teacher, lm, data, cfg.proxy.train)
         sync()
-        naive.append(time.perf_counter() - t0)
-        teach.append(teacher_seconds(teacher, lm, data, cfg.proxy.train))
-    naive_each = statistics.fmean(naive)
-    share = statistics.fmean(teach) / naive_each
+        return time.perf_counter() - t0
 
-    finetune_each = 0.0
-    if not args.gpu and not args.no_finetune:
-        from layersearch.data.tasks import load_task
-        from layersearch.finetune import finetune_all
-
-        datasets = {t: load_task(t, cfg.tasks.source) for t in cfg.tasks.names}
-        t0 = time.perf_counter()
-        finetune_all(s.base_model, tok, cfg.tasks, datasets)
-        finetune_each = time.perf_counter() - t0
-
-    rows = []
-    for k in ks:
+    def packed_run(k) -> tuple[float, float | None]:
         students, losses = [], []
         for m in cands[:k]:
             s, lm, _ = make_student(cfg, teacher, m, None, pad)
@@ -167,9 +153,35 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
         t0 = time.perf_counter()
         train_packed(students, teacher, losses, data, cfg.proxy.train, pad)
         sync()
-        packed = time.perf_counter() - t0
         mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-        rows.append((k, packed, mem))
+        return time.perf_counter() - t0, mem
+
+    # Each repeat times the naive path (every candidate alone) and then every K, back to
+    # back, so each ratio compares runs minutes apart at most; the table shows medians.
+    naive_means, packed_times, mems = [], {k: [] for k in ks}, {}
+    for _ in range(args.repeats):
+        naive_means.append(statistics.fmean(naive_run(m) for m in cands))
+        for k in ks:
+            seconds, mems[k] = packed_run(k)
+            packed_times[k].append(seconds)
+    naive_each = statistics.median(naive_means)
+    ratios_each = {k: [n / (p / k) for n, p in zip(naive_means, packed_times[k], strict=True)] for k in ks}
+
+    s, lm, _ = make_student(cfg, teacher, cands[0], None, pad)
+    share = statistics.fmean(teacher_seconds(teacher, make_student(cfg, teacher, m, None, pad)[1], data,
+                                             cfg.proxy.train) for m in cands) / naive_each
+
+    finetune_each = 0.0
+    if not args.gpu and not args.no_finetune:
+        from layersearch.data.tasks import load_task
+        from layersearch.finetune import finetune_all
+
+        datasets = {t: load_task(t, cfg.tasks.source) for t in cfg.tasks.names}
+        t0 = time.perf_counter()
+        finetune_all(s.base_model, tok, cfg.tasks, datasets)
+        finetune_each = time.perf_counter() - t0
+
+    rows = [(k, statistics.median(packed_times[k]), mems[k]) for k in ks]
 
     sc = s.config
     device = torch.cuda.get_device_name() if args.gpu else f"CPU, {torch.get_num_threads()} threads"
@@ -182,7 +194,8 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
           f"teacher forward share f = {share:.2f}")
     if finetune_each:
         print(f"fine-tuning on {', '.join(cfg.tasks.names)}: {finetune_each:.2f} s per candidate")
-    header = f"{'K':>3} {'packed s':>9} {'distill evals/h':>16} {'ratio':>6} {'bound':>6}"
+    print(f"median of {args.repeats} repeats; 'range' is the lowest and highest ratio over the repeats")
+    header = f"{'K':>3} {'packed s':>9} {'distill evals/h':>16} {'ratio':>6} {'range':>12} {'bound':>6}"
     if finetune_each:
         header += f" {'whole evals/h':>14} {'ratio':>6}"
     if args.gpu:
@@ -191,9 +204,10 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
     ratios = {}
     for k, packed, mem in rows:
         per = packed / k
-        ratios[k] = naive_each / per
+        ratios[k] = statistics.median(ratios_each[k])
+        spread = f"{min(ratios_each[k]):.2f}-{max(ratios_each[k]):.2f}x"
         bound = 1 / (1 - share + share / k)
-        line = f"{k:>3} {packed:>9.2f} {3600 / per:>16.0f} {ratios[k]:>5.2f}x {bound:>5.2f}x"
+        line = f"{k:>3} {packed:>9.2f} {3600 / per:>16.0f} {ratios[k]:>5.2f}x {spread:>12} {bound:>5.2f}x"
         if finetune_each:
             whole_naive = naive_each + finetune_each
             whole_packed = per + finetune_each
@@ -214,6 +228,7 @@ def main() -> None:
     ap.add_argument("--widths", default=None,
                     help="student widths, comma-separated (CPU default 384,192; GPU default 312)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="CPU only; GPU runs bf16")
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats; the table shows medians")
     ap.add_argument("--ft-examples", type=int, default=256)
     ap.add_argument("--no-finetune", action="store_true")
     args = ap.parse_args()
