@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from layersearch.config import parse_config
-from layersearch.distill import micro_batch, resolve_device, total_steps, train
+from layersearch.distill import micro_batch, total_steps, train, training_device
 from layersearch.features import extract
 from layersearch.mapping import Mapping
 from layersearch.packed import train_packed
@@ -108,9 +108,7 @@ def sync():
 
 def teacher_seconds(teacher, loss_module, data, cfg) -> float:
     """The teacher's forward passes of one naive proxy distillation, alone."""
-    device, amp_dtype = resolve_device(cfg.precision)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type,
-                                                                                               enabled=False)
+    device, autocast = training_device(cfg.precision)
     req = loss_module.teacher_requirements()
     sync()
     t0 = time.perf_counter()
@@ -167,7 +165,7 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
     naive_each = statistics.median(naive_means)
     ratios_each = {k: [n / (p / k) for n, p in zip(naive_means, packed_times[k], strict=True)] for k in ks}
 
-    s, lm, _ = make_student(cfg, teacher, cands[0], None, pad)
+    s = make_student(cfg, teacher, cands[0], None, pad)[0]
     share = statistics.fmean(teacher_seconds(teacher, make_student(cfg, teacher, m, None, pad)[1], data,
                                              cfg.proxy.train) for m in cands) / naive_each
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +80,17 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def resolve_device(precision: str) -> tuple[torch.device, torch.dtype | None]:
+def training_device(precision: str) -> tuple[torch.device, AbstractContextManager]:
+    """Where a training loop runs, and the mixed-precision context for its forward passes.
+
+    bf16 autocast for "bf16", or for "auto" on a GPU. On a CPU it also keeps freed
+    memory in the process (see ``cpu_memory``), which every training loop wants.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        keep_freed_memory()
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return device, (torch.bfloat16 if use_bf16 else None)
+    return device, (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
 
 
 def _checkpoints(root: Path) -> list[Path]:
@@ -217,9 +224,7 @@ def train(
     """
     if data.ndim != 2 or data.shape[0] == 0:
         raise ValueError(f"expected token blocks [N, T], got shape {tuple(data.shape)}")
-    device, amp_dtype = resolve_device(cfg.precision)
-    if device.type == "cpu":
-        keep_freed_memory()
+    device, autocast = training_device(cfg.precision)
     torch.manual_seed(cfg.seed)
     student.to(device).train()
     teacher.to(device).eval()
@@ -240,7 +245,6 @@ def train(
         if latest is not None:
             start_step, curves = load_checkpoint(latest, student, loss_module, optimizer, scheduler)
 
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext())
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * data.shape[1]
     bar = tqdm(total=steps, initial=start_step, disable=not progress, desc="distill", unit="step")
     began = time.perf_counter()

@@ -15,13 +15,11 @@ one-by-one evaluation agree within float tolerance.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
 from transformers import get_scheduler
 
 from layersearch.config import TrainConfig
-from layersearch.cpu_memory import keep_freed_memory
 from layersearch.distill import (
     DivergenceError,
     TrainResult,
@@ -30,8 +28,8 @@ from layersearch.distill import (
     micro_batch,
     needs_features,
     optimizer_step,
-    resolve_device,
     total_steps,
+    training_device,
 )
 from layersearch.features import Requirements, extract
 
@@ -74,16 +72,13 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     Returns one entry per student, in order: its TrainResult, or the exception
     that stopped it (the rest of the pack carries on).
     """
-    device, amp_dtype = resolve_device(cfg.precision)
-    if device.type == "cpu":
-        keep_freed_memory()
+    device, autocast = training_device(cfg.precision)
     steps = total_steps(cfg, data.shape[1])
     teacher.to(device).eval()
     outer_rng = torch.get_rng_state()
     members = [_Member(s, lm, cfg, steps, device) for s, lm in zip(students, loss_modules, strict=True)]
     teacher_req = members[0].loss.teacher_requirements().merge(*(m.loss.teacher_requirements()
                                                                  for m in members[1:]))
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     began = time.perf_counter()
     for step in range(1, steps + 1):
         live = [m for m in members if m.error is None]
