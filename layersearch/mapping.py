@@ -163,14 +163,24 @@ def resolve_mapping(spec: str, num_student_layers: int, num_teacher_layers: int)
     if spec in HEURISTICS:
         mapping = heuristic(spec, num_student_layers, num_teacher_layers)
     elif spec.endswith(".json") or Path(spec).is_file():
-        mapping, data = load_mapping(spec)
-        if mapping.num_teacher_layers != num_teacher_layers:
-            raise MappingError(
-                f"mapping: {spec} was made for a {mapping.num_teacher_layers}-layer teacher, "
-                f"this teacher has {num_teacher_layers}"
-            )
+        mapping, _ = load_mapping(spec)
+        return check_saved(mapping, f"{spec} was made for", num_student_layers, num_teacher_layers)
     else:
         mapping = Mapping(tuple(parse_genes(spec)), num_teacher_layers)
+    validate_genes(mapping.genes, num_teacher_layers, num_student_layers)
+    return mapping
+
+
+def check_saved(mapping: Mapping, origin: str, num_student_layers: int, num_teacher_layers: int) -> Mapping:
+    """Check a mapping saved elsewhere (a file, a search run) against this teacher and student.
+
+    ``origin`` opens the error, e.g. "best.json was made for" or "run <id> searched".
+    """
+    if mapping.num_teacher_layers != num_teacher_layers:
+        raise MappingError(
+            f"mapping: {origin} a {mapping.num_teacher_layers}-layer teacher, "
+            f"this teacher has {num_teacher_layers}"
+        )
     validate_genes(mapping.genes, num_teacher_layers, num_student_layers)
     return mapping
 

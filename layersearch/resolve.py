@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from layersearch.config import Config
-from layersearch.mapping import Mapping, MappingError, load_mapping, resolve_mapping, validate_genes
+from layersearch.mapping import Mapping, MappingError, check_saved, load_mapping, resolve_mapping
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -36,12 +36,5 @@ def mapping_from_run(run_id: str, cfg: Config) -> Mapping:
 def resolve_any_mapping(spec: str, cfg: Config, num_teacher_layers: int) -> Mapping:
     m = cfg.student.num_layers
     if RUN_ID.match(spec) and not Path(spec).exists():
-        mapping = mapping_from_run(spec, cfg)
-        if mapping.num_teacher_layers != num_teacher_layers:
-            raise MappingError(
-                f"mapping: run {spec} searched a {mapping.num_teacher_layers}-layer teacher, "
-                f"this teacher has {num_teacher_layers}"
-            )
-        validate_genes(mapping.genes, num_teacher_layers, m)
-        return mapping
+        return check_saved(mapping_from_run(spec, cfg), f"run {spec} searched", m, num_teacher_layers)
     return resolve_mapping(spec, m, num_teacher_layers)
