@@ -65,7 +65,7 @@ def main() -> None:
     tokenizer = load_tokenizer(any_cfg.teacher.model, any_cfg.teacher.revision)
     pad = tokenizer.pad_token_id or 0
     data = get_slice(any_cfg.corpus, tokenizer, any_cfg.proxy.slice_blocks,
-                     any_cfg.proxy.slice_seed).input_ids
+                     any_cfg.proxy.slice_seeds[0]).input_ids
     mapping = heuristic("uniform", SHAPE["num_layers"], teacher.config.num_hidden_layers)
     tasks = {n: load_task(n, any_cfg.tasks.source) for n in any_cfg.tasks.names}
     ft = any_cfg.tasks.finetune.model_copy(update={

@@ -48,6 +48,14 @@ class ConfigError(UserError):
         super().__init__("; ".join(problems))
 
 
+def _seed_list(seeds: list[int]) -> list[int]:
+    if not seeds:
+        raise ValueError("needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"repeats a seed ({seeds}); each seed is one unit of evidence")
+    return seeds
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -168,8 +176,27 @@ class ProxyConfig(Strict):
     """The proxy setting: a seeded corpus slice and a small step budget."""
 
     slice_blocks: PosInt = 256
-    slice_seed: int = 0
+    # One proxy replicate per seed: its own corpus slice (sampled with this seed)
+    # and its own distillation random stream (train.seed + this seed). A fitness
+    # averages over every slice x every fine-tune seed.
+    slice_seeds: list[int] = [0]
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_seed(cls, data: Any) -> Any:
+        # Configs written before slice_seeds had one slice_seed.
+        if isinstance(data, dict) and "slice_seed" in data:
+            if "slice_seeds" in data:
+                raise ValueError("give proxy.slice_seeds only (slice_seed is its one-seed old form)")
+            data = {**data, "slice_seeds": [data["slice_seed"]]}
+            del data["slice_seed"]
+        return data
+
+    @field_validator("slice_seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        return _seed_list(seeds)
 
 
 class FinetuneConfig(Strict):
@@ -179,7 +206,14 @@ class FinetuneConfig(Strict):
     learning_rate: PosFloat = 1e-4
     batch_size: PosInt = 32
     seq_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    # Fine-tune seeds (head init, dropout, data order); each is one unit of
+    # evidence per proxy slice, and more seeds narrow a fitness's interval.
     seeds: list[int] = [0]
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        return _seed_list(seeds)
 
 
 class TasksConfig(Strict):

@@ -89,8 +89,15 @@ def training_device(precision: str) -> tuple[torch.device, AbstractContextManage
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         keep_freed_memory()
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    use_bf16 = resolve_precision(precision, device.type) == "bf16"
     return device, (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """What ``auto`` means on a device kind: bf16 autocast on a GPU, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
 
 
 def _checkpoints(root: Path) -> list[Path]:

@@ -56,6 +56,10 @@ class TaskResult:
     loss_curve: list[float] = field(default_factory=list)
     # Headline metric of always predicting the train split's majority label.
     majority_baseline: float = float("nan")
+    # Dev predictions and labels, in the dev subset's order: the evidence that
+    # chance-corrected scores, intervals and paired comparisons are computed from.
+    predictions: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def _subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -211,6 +215,8 @@ def finetune_task(
         seconds=time.perf_counter() - start,
         loss_curve=losses,
         majority_baseline=baseline,
+        predictions=preds,
+        labels=dev_y,
     )
 
 
@@ -221,13 +227,14 @@ def finetune_all(
     datasets: dict[str, DatasetDict] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    seeds: list[int] | None = None,
 ) -> list[TaskResult]:
-    """One result per task and fine-tune seed, tasks in config order."""
+    """One result per task and fine-tune seed (``seeds``, or the config's), tasks in config order."""
     datasets = datasets or {}
     results = []
     for name in tasks_cfg.names:
         data = datasets[name] if name in datasets else load_task(name, tasks_cfg.source)
-        for seed in tasks_cfg.finetune.seeds:
+        for seed in tasks_cfg.finetune.seeds if seeds is None else seeds:
             results.append(
                 finetune_task(
                     encoder, tokenizer, name, data, tasks_cfg.finetune, seed, device, progress

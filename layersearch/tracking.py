@@ -23,6 +23,7 @@ from layersearch.errors import UserError
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 METRIC_BATCH = 1000  # and of metrics
 PARAM_VALUE_MAX = 6000
+EVALUATION_RECORD = "evaluation.json"
 
 
 class TrackingError(UserError):
@@ -142,20 +143,42 @@ class Tracker:
 
 
 def log_evaluation(tracker: Tracker, run_id: str, ev, cached: bool = False) -> None:
-    """One evaluation's record: genes as params, scores as metrics, curves, status tags."""
+    """One evaluation's record: genes as params; scores, interval and baselines as metrics;
+    curves; status tags; and the whole record (per-seed dev predictions) as ``evaluation.json``,
+    so intervals and paired comparisons can be recomputed from the store alone."""
     params = {f"gene_{m}": g for m, g in enumerate(ev.genes, 1)}
     params.update(mapping=ev.mapping.key, spec_key=ev.spec_key)
     tracker.log_params(run_id, params)
-    metrics = {f"score/{k}": v for k, v in ev.scores.items()}
+    metrics = {f"score/{k}": v for k, v in ev.scores.items()}  # chance-corrected (Matthews)
     metrics.update({f"score_std/{k}": v for k, v in ev.scores_std.items()})
-    metrics.update({f"metric/{k}": v for k, v in ev.metrics.items()})
+    metrics.update(ev.metrics)  # raw GLUE metrics, "<task>/<metric>"
+    metrics.update({f"{k}/majority": v for k, v in ev.majority.items()})
     metrics.update({f"time/{k}": v for k, v in ev.timings.items()})
     if ev.fitness is not None:
         metrics["fitness"] = ev.fitness
         metrics["fitness_std"] = ev.fitness_std or 0.0
+        if ev.fitness_ci_low is not None:
+            metrics.update(fitness_ci_low=ev.fitness_ci_low, fitness_ci_high=ev.fitness_ci_high,
+                           fitness_seeds=ev.fitness_seeds)
     tracker.log_metrics(run_id, metrics)
     tracker.log_series(run_id, ev.curves)
     tracker.set_tags(run_id, {"layersearch.status": ev.status, "layersearch.worker": ev.worker,
                               "layersearch.evaluation": ev.key, "layersearch.cached": cached})
+    if ev.units:
+        record = ev.to_dict()
+        record.pop("curves")  # already metrics series; the rest is what statistics need
+        tracker.log_dict(run_id, record, EVALUATION_RECORD)
     if ev.error:
         tracker.log_text(run_id, ev.error, "error.txt")
+
+
+def load_evaluation(tracker: Tracker, run_id: str):
+    """The evaluation record an evaluation run logged, or None if it has none."""
+    from layersearch.fitness import Evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.client.download_artifacts(run_id, EVALUATION_RECORD, tmp)
+        except Exception:
+            return None
+        return Evaluation.from_dict(json.loads(Path(path).read_text()))

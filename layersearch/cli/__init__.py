@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from layersearch.cli import data, distill, evaluate, search, validate
+from layersearch.cli import compare, data, distill, evaluate, search, validate
 
 app = typer.Typer(
     name="layersearch",
@@ -36,6 +36,7 @@ app.add_typer(data.app, name="data")
 app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("baselines")(evaluate.baselines)
+app.command("compare")(compare.compare)
 app.command("search")(search.search)
 app.command("show")(search.show)
 app.command("export")(search.export)

@@ -35,35 +35,48 @@ def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int 
     return out
 
 
-def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool = True) -> list:
-    """Evaluate (or read from cache) each mapping, log one MLflow run each, print a table."""
-    from layersearch.fitness import Evaluator, spec_key
+def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool = True,
+                 parent_id: str | None = None, tracker=None, show: bool = True) -> list:
+    """Evaluate (or read from cache, or extend a cached record with new seeds) each mapping;
+    log one MLflow run each (nested under ``parent_id`` if given); print a table."""
+    from layersearch.fitness import Evaluator, local_device, spec_key, units_of
     from layersearch.search.cache import EvaluationCache
     from layersearch.tracking import Tracker, log_evaluation
 
-    tracker = Tracker(cfg.tracking)
-    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg))
+    tracker = tracker or Tracker(cfg.tracking)
+    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device()))
+    units = units_of(cfg)
     evaluator = None  # teacher, slice and task data load only if something must run
     results = []
     for label, mapping in zip(labels, mappings, strict=True):
-        hit = cache.get(mapping) if use_cache else None
-        console.print(f"[bold]{label}[/] {mapping}: " + ("cached" if hit else "evaluating ..."))
-        with tracker.run(f"eval {mapping}", tags={"layersearch.kind": "evaluation",
-                                                 "layersearch.label": label}) as run_id:
+        hit, partial = cache.lookup(mapping, units, cfg.tasks.names, cfg.tasks.weights) if use_cache else (None, None)
+        if hit is not None:
+            note = "cached"
+        elif partial is not None:
+            note = f"extending the cached record ({len(partial.units)} seed(s) stored) ..."
+        else:
+            note = "evaluating ..."
+        console.print(f"[bold]{label}[/] {mapping}: {note}", highlight=False)
+        with tracker.run(f"eval {mapping}", parent_id=parent_id,
+                         tags={"layersearch.kind": "evaluation", "layersearch.label": label}) as run_id:
             if hit is None:
                 evaluator = evaluator or Evaluator(cfg)
-                ev = evaluator.evaluate(mapping, progress=True)
+                ev = evaluator.evaluate(mapping, prior=partial, progress=True)
                 cache.put(ev)
             else:
                 ev = hit
             log_evaluation(tracker, run_id, ev, cached=hit is not None)
         results.append((label, ev))
-    print_table(cfg, results)
+    if show:
+        print_table(cfg, results)
     return results
 
 
 def print_table(cfg: Config, results) -> None:
-    table = Table(title=f"proxy fitness ({', '.join(cfg.tasks.names)})")
+    from layersearch.fitness import interval_text
+
+    table = Table(title=f"proxy fitness ({', '.join(cfg.tasks.names)}; Matthews correlation, "
+                        "0 = a constant predictor; ± = 95% interval)")
     table.add_column("mapping")
     table.add_column("genes")
     for name in cfg.tasks.names:
@@ -71,27 +84,32 @@ def print_table(cfg: Config, results) -> None:
     table.add_column("fitness", justify="right", style="bold")
     table.add_column("time", justify="right")
     table.add_column("status")
-    for label, ev in sorted(results, key=lambda r: -(r[1].fitness if r[1].fitness is not None else -1)):
-        scores = [f"{ev.scores[n]:.3f}" if n in ev.scores else "-" for n in cfg.tasks.names]
-        fit = "-" if ev.fitness is None else f"{ev.fitness:.4f}"
-        if ev.fitness_std:
-            fit += f" ±{ev.fitness_std:.3f}"
-        table.add_row(label, str(ev.mapping), *scores, fit, f"{ev.timings.get('total_s', 0):.0f}s",
+    for label, ev in sorted(results, key=lambda r: -(r[1].fitness if r[1].fitness is not None else -9)):
+        scores = [_task_cell(ev, n) for n in cfg.tasks.names]
+        table.add_row(label, str(ev.mapping), *scores, interval_text(ev), f"{ev.timings.get('total_s', 0):.0f}s",
                       ev.status if len(ev.status) < 60 else ev.status[:57] + "...")
     console.print(table)
-    ok = [ev.fitness for _, ev in results if ev.fitness is not None]
-    if len(ok) > 1:
-        console.print(f"spread of fitness across mappings: {max(ok) - min(ok):.4f} "
-                      f"(best {max(ok):.4f}, worst {min(ok):.4f})")
+
+
+def _task_cell(ev, task: str) -> str:
+    """Chance-corrected score, then the raw headline metric against what the majority class gets."""
+    if task not in ev.scores:
+        return "-"
+    raw = next((v for k, v in ev.metrics.items() if k.startswith(f"{task}/")), None)
+    cell = f"{ev.scores[task]:.3f}"
+    if raw is not None and task in ev.majority:
+        cell += f" ({raw:.3f} vs {ev.majority[task]:.3f})"
+    return cell
 
 
 MappingsOpt = Annotated[list[str], typer.Option(
     "--mapping", "-m", help="uniform | last | lower | upper | file.json | 2,4,6 (repeatable)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")]
 
 
 @user_errors
 def evaluate(config: ConfigArg, mapping: MappingsOpt,
-             no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")] = False,
+             no_cache: NoCacheOpt = False,
              set_: SetOpt = None) -> None:
     """Proxy fitness of one or more mappings: distil, fine-tune on the proxy tasks, score."""
     from layersearch.models import load_teacher_config
@@ -107,7 +125,7 @@ def evaluate(config: ConfigArg, mapping: MappingsOpt,
 def baselines(config: ConfigArg,
               random_count: Annotated[int, typer.Option("--random", help="Seeded random mappings to add")] = 2,
               seed: Annotated[int, typer.Option(help="Seed of the random mappings")] = 0,
-              no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")] = False,
+              no_cache: NoCacheOpt = False,
               set_: SetOpt = None) -> None:
     """The named heuristics (uniform, last, lower, upper) and a few random mappings, side by side."""
     from layersearch.mapping import HEURISTICS, heuristic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ from rich.table import Table
 from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
 from layersearch.errors import UserError
 
-RunIdArg = Annotated[str, typer.Argument(help="MLflow run id of a search")]
+RunIdArg = Annotated[str, typer.Argument(help="MLflow run id of a search, or a mapping file it wrote")]
 UriOpt = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI")]
 
 
@@ -50,17 +51,51 @@ def search(config: ConfigArg,
     result = driver.run(resume_run_id=resume)
     if result.best is None:
         raise UserError("every evaluation failed; see the child runs' layersearch.status tags")
+    from layersearch.fitness import interval_text
+
     hours = result.seconds / 3600
-    console.print(f"[green]best mapping {result.best.mapping}[/] fitness {result.best.fitness:.4f} "
+    console.print(f"[green]best mapping {result.best.mapping}[/] fitness {interval_text(result.best)} "
                   f"({result.evaluated} evaluations run in {result.seconds:.0f}s"
-                  + (f", {result.evaluated / hours:.0f}/hour" if result.evaluated else "") + ")")
+                  + (f", {result.evaluated / hours:.0f}/hour" if result.evaluated else "") + ")", highlight=False)
     if export_to is not None:
         from layersearch.mapping import save_mapping
 
+        extra = {}
+        if result.best.fitness_ci_low is not None:
+            extra.update(fitness_ci=[result.best.fitness_ci_low, result.best.fitness_ci_high],
+                         fitness_seeds=result.best.fitness_seeds)
+        if result.versus_uniform is not None:
+            extra["versus_uniform"] = result.versus_uniform.to_dict()
         save_mapping(result.best.mapping, export_to, cfg.teacher.model, sorted(cfg.objective.terms),
-                     fitness=result.best.fitness, search_run_id=result.run_id)
+                     fitness=result.best.fitness, search_run_id=result.run_id, **extra)
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
+    say_verdict(result.best, result.versus_uniform)
+
+
+def say_verdict(best, versus) -> None:
+    """The search's answer in plain words: the winner against TinyBERT's uniform mapping."""
+    if versus is None:
+        if best is not None and best.units and best.mapping.genes == _uniform_genes(best):
+            console.print(f"[bold]verdict:[/] the winner is the uniform mapping {best.mapping} itself")
+        else:
+            console.print("[bold]verdict:[/] uniform was not evaluated under this spec; compare with "
+                          "layersearch compare CONFIG -m uniform -m " + ",".join(map(str, best.mapping.genes)))
+        return
+    e = versus.estimate
+    words = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
+    console.print(f"[bold]verdict:[/] {best.mapping} is [bold]{words[versus.verdict]}[/] uniform: "
+                  f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], "
+                  f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s)", highlight=False, soft_wrap=True)
+    if versus.verdict == "indistinguishable":
+        console.print("  at this budget the search cannot tell its winner from uniform; more seeds "
+                      "(tasks.finetune.seeds) or a larger proxy budget would narrow the interval")
+
+
+def _uniform_genes(ev) -> tuple:
+    from layersearch.mapping import heuristic
+
+    return heuristic("uniform", len(ev.genes), ev.num_teacher_layers).genes
 
 
 def _children(tracker, run_id: str):
@@ -90,31 +125,101 @@ def _search_tracker(run_id: str, config, set_, uri):
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config whose tracking section to use")]
 
 
+def _run_id(arg: str) -> str:
+    """A search run id, or a mapping file written by search/export (which names its run)."""
+    path = Path(arg)
+    if arg.endswith(".json") and path.is_file():
+        from layersearch.mapping import load_mapping
+
+        _, record = load_mapping(path)
+        if not record.get("search_run_id"):
+            raise UserError(f"{path} names no search run (it was not written by a search)")
+        return record["search_run_id"]
+    return arg
+
+
+def _fitness_cell(metrics: dict) -> str:
+    fit = metrics.get("fitness")
+    if fit is None:
+        return "-"
+    if "fitness_ci_low" not in metrics:
+        return f"{fit:.4f}"
+    half = (metrics["fitness_ci_high"] - metrics["fitness_ci_low"]) / 2
+    return f"{fit:.4f} ± {half:.4f} ({int(metrics.get('fitness_seeds', 0))})"
+
+
+def _genes(child) -> list[int]:
+    keys = sorted((k for k in child.data.params if k.startswith("gene_")), key=lambda k: int(k[5:]))
+    return [int(child.data.params[k]) for k in keys]
+
+
+AgainstOpt = Annotated[str | None, typer.Option(
+    "--against", help="Compare the top mappings with this one (uniform, lower, upper, last or 2,4,6), paired")]
+
+
 @user_errors
 def show(run_id: RunIdArg, config: ConfigOpt = None, tracking_uri: UriOpt = "sqlite:///mlflow.db",
-         top: Annotated[int, typer.Option(help="Rows to show")] = 20, set_: SetOpt = None) -> None:
-    """Leaderboard of a search: its evaluations ranked by fitness."""
+         top: Annotated[int, typer.Option(help="Rows to show (and mappings to compare)")] = 20,
+         against: AgainstOpt = None, set_: SetOpt = None) -> None:
+    """Leaderboard of a search (fitness ± 95% interval, seeds); --against adds paired verdicts."""
+    run_id = _run_id(run_id)
     tracker, run = _search_tracker(run_id, config, set_, tracking_uri)
     children = _children(tracker, run_id)
     tasks = sorted({k.removeprefix("score/") for c in children for k in c.data.metrics
                     if k.startswith("score/")})
-    table = Table(title=f"search {run_id} ({run.info.status}, {len(children)} evaluations)")
+    table = Table(title=f"search {run_id} ({run.info.status}, {len(children)} evaluations; "
+                        "fitness ± 95% interval (seeds))")
     for col in ("rank", "mapping", *tasks, "fitness", "status", "cached", "worker"):
         table.add_column(col, justify="right" if col in tasks or col in ("rank", "fitness") else "left")
     ranked = sorted(children, key=lambda c: -c.data.metrics.get("fitness", float("-inf")))
     for i, c in enumerate(ranked[:top], 1):
-        genes = [c.data.params[k] for k in sorted((k for k in c.data.params if k.startswith("gene_")),
-                                                   key=lambda k: int(k[5:]))]
-        fit = c.data.metrics.get("fitness")
-        table.add_row(str(i), "[" + ", ".join(genes) + "]",
+        table.add_row(str(i), str(_genes(c)),
                       *[f"{c.data.metrics[f'score/{t}']:.3f}" if f"score/{t}" in c.data.metrics else "-"
                         for t in tasks],
-                      "-" if fit is None else f"{fit:.4f}", c.data.tags.get("layersearch.status", ""),
+                      _fitness_cell(c.data.metrics), c.data.tags.get("layersearch.status", ""),
                       c.data.tags.get("layersearch.cached", ""), c.data.tags.get("layersearch.worker", ""))
     console.print(table)
     best = run.data.tags.get("layersearch.best_genes")
     if best:
         console.print(f"best mapping {best} (fitness {run.data.metrics.get('best_fitness', float('nan')):.4f})")
+    if against:
+        _show_against(tracker, run, ranked[:top], against)
+
+
+def _show_against(tracker, run, ranked: list, against: str) -> None:
+    """Paired verdicts of a search's top mappings against a reference it evaluated; an MLflow run too."""
+    from layersearch.cli.compare import report
+    from layersearch.fitness import compare
+    from layersearch.mapping import resolve_mapping
+    from layersearch.tracking import load_evaluation
+
+    params = run.data.params
+    n, m = int(params["num_teacher_layers"]), int(params["num_student_layers"])
+    reference = resolve_mapping(against, m, n)
+    ref_child = next((c for c in ranked if tuple(_genes(c)) == reference.genes), None)
+    if ref_child is None:
+        ref_child = next((c for c in _children(tracker, run.info.run_id) if tuple(_genes(c)) == reference.genes),
+                         None)
+    if ref_child is None:
+        raise UserError(f"--against {against}: this search did not evaluate {reference}; run "
+                        f"layersearch compare CONFIG -m {against} -m <mapping> instead")
+    ref = load_evaluation(tracker, ref_child.info.run_id)
+    others = []
+    for c in ranked:
+        if c.info.run_id == ref_child.info.run_id or c.data.metrics.get("fitness") is None:
+            continue
+        ev = load_evaluation(tracker, c.info.run_id)
+        if ev is not None:
+            others.append((str(ev.mapping), ev))
+    if ref is None or not others:
+        raise UserError("--against: these evaluation runs hold no per-seed records (evaluation.json); "
+                        "they were logged by an older version")
+    names = [t for t in json.loads(params.get("tasks.names", "[]"))] or sorted(ref.dev_labels)
+    weights = json.loads(params["tasks.weights"]) if params.get("tasks.weights", "null") != "null" else None
+    comparisons = compare((against, ref), others, names, weights)
+    with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,
+                     tags={"layersearch.kind": "compare"}) as compare_id:
+        report(tracker, compare_id, comparisons, ref, others)
 
 
 @user_errors

@@ -2,7 +2,10 @@
 
 Keyed by the proxy spec's hash, so searches (and `layersearch evaluate`) that
 share a spec share results, and a restarted search finds everything it had
-finished. JSON, not pickle: cache files are data anyone may hand around.
+finished. What it keeps is the units (one proxy slice x one fine-tune seed
+each): a later request for more seeds reads the units it has and runs only
+the rest, and ``put`` merges new units into the file instead of replacing it.
+JSON, not pickle: cache files are data anyone may hand around.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from layersearch.fitness import Evaluation
+from layersearch.fitness import Evaluation, summarize, unit_key
 from layersearch.mapping import Mapping
 
 
@@ -25,6 +28,7 @@ class EvaluationCache:
         return self.dir / f"{mapping.key.replace(':', '_')}.json"
 
     def get(self, mapping: Mapping) -> Evaluation | None:
+        """Everything stored for ``mapping``, every unit included (see ``lookup``)."""
         path = self._path(mapping)
         if not path.is_file():
             return None
@@ -34,10 +38,26 @@ class EvaluationCache:
             return None  # a damaged entry is re-evaluated, not trusted
         return ev if ev.spec_key == self.spec_key and ev.genes == list(mapping.genes) else None
 
+    def lookup(self, mapping: Mapping, units: list[tuple[int, int]], tasks: list[str],
+               weights: list[float] | None = None) -> tuple[Evaluation | None, Evaluation | None]:
+        """(complete, partial): the evaluation over exactly ``units`` if all are stored,
+        else the stored record to extend (or None)."""
+        stored = self.get(mapping)
+        if stored is None:
+            return None, None
+        wanted = [unit_key(s, f) for s, f in units]
+        if stored.missing(wanted):
+            return None, stored
+        return summarize(stored.restricted(wanted), tasks, weights), None
+
     def put(self, ev: Evaluation) -> bool:
-        """Store a finished evaluation; transient failures are not stored."""
+        """Store a finished evaluation, merged with the units already stored; transient failures are not."""
         if not ev.cacheable:
             return False
+        stored = self.get(ev.mapping)
+        if ev.ok and stored is not None and stored.ok:
+            ev = Evaluation.from_dict(ev.to_dict())
+            ev.units = {**stored.units, **ev.units}
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self._path(ev.mapping)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")

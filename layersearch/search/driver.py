@@ -24,14 +24,16 @@ from pathlib import Path
 
 from layersearch.config import Config
 from layersearch.errors import UserError
-from layersearch.fitness import Evaluation, spec_key
+from layersearch.fitness import Evaluation, compare, search_device, spec_key, units_of
 from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
 from layersearch.search.ga import GAState, GeneticSearch
 from layersearch.tracking import Tracker, flatten, log_evaluation
 
 CHECKPOINT = "ga_state.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+# search.* settings a resumed search may change: they do not steer the GA.
+RESUMABLE_CHANGES = ("cache_dir",)
 
 
 class ResumeError(UserError):
@@ -58,6 +60,7 @@ class SearchResult:
     state: GAState
     evaluated: int  # evaluations run in this process (not from the cache)
     seconds: float
+    versus_uniform: object = None  # a fitness.Comparison of the best with uniform, when both were evaluated
 
 
 class SearchDriver:
@@ -75,7 +78,8 @@ class SearchDriver:
         self.n = num_teacher_layers
         self.m = cfg.student.num_layers
         self.ga = GeneticSearch(cfg.search, self.m, self.n)
-        self.spec = spec_key(cfg)
+        self.spec = spec_key(cfg, search_device(cfg))
+        self.units = units_of(cfg)
         self.cache = EvaluationCache(cfg.search.cache_dir, self.spec)
         self.pool_resources = pool_resources
         self.progress = Progress(generations=cfg.search.generations)
@@ -124,23 +128,45 @@ class SearchDriver:
         self.children[key] = (run_id, "FINISHED")
 
     def _checkpoint(self, parent: str, state: GAState, populations: list) -> None:
-        data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "ga": state.to_dict(),
-                "populations": populations}
+        data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "search": self._search_settings(),
+                "ga": state.to_dict(), "populations": populations}
         self.tracker.log_text(parent, json.dumps(data), CHECKPOINT)
 
-    def _load_checkpoint(self, parent: str) -> tuple[GAState, list] | None:
+    def _search_settings(self) -> dict:
+        return {k: v for k, v in self.cfg.search.model_dump(mode="json").items() if k not in RESUMABLE_CHANGES}
+
+    def _load_checkpoint(self, parent: str) -> tuple[GAState, list]:
+        """The GA state saved by the search being resumed; any doubt about it is an error.
+
+        Silently starting at generation 0 would throw the search's progress away
+        and, with changed settings, mix two searches in one run.
+        """
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = self.tracker.client.download_artifacts(parent, CHECKPOINT, tmp)
             except Exception:
-                return None
-            data = json.loads(Path(path).read_text())
+                raise ResumeError(f"--resume {parent}: the run has no {CHECKPOINT}; is it a search run? "
+                                  "Start a new search instead") from None
+            try:
+                data = json.loads(Path(path).read_text())
+                if data.get("format") != CHECKPOINT_FORMAT:
+                    raise ValueError(f"format {data.get('format')}, this version reads {CHECKPOINT_FORMAT}")
+                state, populations = GAState.from_dict(data["ga"]), data["populations"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ResumeError(f"--resume {parent}: its {CHECKPOINT} cannot be read ({exc}); "
+                                  "start a new search") from None
         if data.get("spec_key") != self.spec:
             raise ResumeError(
                 f"--resume {parent}: the proxy spec changed since that search started "
                 f"({data.get('spec_key')} -> {self.spec}); resume with the same config"
             )
-        return GAState.from_dict(data["ga"]), data["populations"]
+        now = self._search_settings()
+        changed = sorted(k for k in set(now) | set(data["search"]) if now.get(k) != data["search"].get(k))
+        if changed:
+            was = ", ".join(f"search.{k}: {data['search'].get(k)!r} -> {now.get(k)!r}" for k in changed)
+            raise ResumeError(f"--resume {parent}: search settings changed since it started ({was}); "
+                              "resume with the same settings or start a new search")
+        return state, populations
 
     def _log_generation(self, parent: str, state: GAState, populations: list) -> None:
         from layersearch import plots
@@ -161,25 +187,56 @@ class SearchDriver:
             self.tracker.log_artifact(parent, plots.layer_usage(
                 populations, self.n, Path(tmp) / "layer_usage.png"), "plots")
 
-    def _finish(self, parent: str, state: GAState) -> Evaluation | None:
+    def _finish(self, parent: str, state: GAState) -> tuple[Evaluation | None, object]:
+        """Log the best mapping and its paired comparison with uniform; returns both."""
         from layersearch.mapping import save_mapping
 
         best = self.ga.best(state)
         if best is None:
-            return None
+            return None, None
         genes, fitness = best
         mapping = Mapping(tuple(genes), self.n)
-        ev = self.evaluations.get(mapping.key) or self.cache.get(mapping)
+        ev = self.evaluations.get(mapping.key) or self.cache.lookup(
+            mapping, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
+        versus = self._versus_uniform(ev)
+        extra = {}
+        if ev is not None and ev.fitness_ci_low is not None:
+            extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds)
+        if versus is not None:
+            extra["versus_uniform"] = versus.to_dict()
+            e = versus.estimate
+            self.tracker.set_tags(parent, {"verdict": versus.verdict})
+            self.tracker.log_metrics(parent, {"winner_minus_uniform": e.mean, "winner_minus_uniform_ci_low": e.low,
+                                              "winner_minus_uniform_ci_high": e.high})
         with tempfile.TemporaryDirectory() as tmp:
             path = save_mapping(mapping, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
                                 sorted(self.cfg.objective.terms), fitness=fitness,
                                 scores=ev.scores if ev else {}, search_run_id=parent,
-                                spec_key=self.spec)
+                                spec_key=self.spec, **extra)
             self.tracker.log_artifact(parent, path)
         self.tracker.set_tags(parent, {"layersearch.best_mapping": mapping.key,
                                        "layersearch.best_genes": str(mapping)})
-        self.tracker.log_metrics(parent, {"best_fitness": fitness})
-        return ev
+        metrics = {"best_fitness": fitness}
+        if "fitness_ci" in extra:
+            metrics.update(best_fitness_ci_low=extra["fitness_ci"][0], best_fitness_ci_high=extra["fitness_ci"][1])
+        self.tracker.log_metrics(parent, metrics)
+        return ev, versus
+
+    def _versus_uniform(self, best: Evaluation | None):
+        """The winner minus TinyBERT's uniform mapping, paired, when the search evaluated both."""
+        from layersearch.mapping import heuristic
+
+        if best is None or not best.units:
+            return None
+        uniform = heuristic("uniform", self.m, self.n)
+        if uniform == best.mapping:
+            return None
+        ref = self.evaluations.get(uniform.key) or self.cache.lookup(
+            uniform, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
+        if ref is None or not ref.ok or not ref.units:
+            return None
+        return compare(("uniform", ref), [(str(best.mapping), best)], self.cfg.tasks.names,
+                       self.cfg.tasks.weights)[0]
 
     # --- the loop -------------------------------------------------------------
     def run(self, resume_run_id: str | None = None) -> SearchResult:
@@ -193,9 +250,7 @@ class SearchDriver:
             except Exception:
                 raise ResumeError(f"--resume: no run {resume_run_id} in {self.cfg.tracking.uri}") from None
             parent = resume_run_id
-            loaded = self._load_checkpoint(parent)
-            if loaded:
-                state, populations = loaded
+            state, populations = self._load_checkpoint(parent)
             self._load_children(parent)
         else:
             parent = self._start_parent()
@@ -210,10 +265,11 @@ class SearchDriver:
             while not self.ga.done(state):
                 self.progress.generation = state.generation
                 fitness: dict = {}
-                todo = []
+                todo, priors = [], {}
                 for genes in self.ga.pending(state):
                     mapping = Mapping(genes, self.n)
-                    hit = self.cache.get(mapping)
+                    hit, partial = self.cache.lookup(mapping, self.units, self.cfg.tasks.names,
+                                                     self.cfg.tasks.weights)
                     if hit is not None:
                         self.progress.cached += 1
                         self._record(parent, hit, cached=True)
@@ -221,6 +277,8 @@ class SearchDriver:
                         self._note(hit, "cached")
                     else:
                         todo.append(mapping)
+                        if partial is not None:  # its stored seeds are reused, the rest run
+                            priors[mapping.key] = partial
                 if todo:
                     if pool is None:
                         pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources)
@@ -239,17 +297,17 @@ class SearchDriver:
                             self.progress.running -= 1
                         self.on_event(kind, self.progress, {"genes": list(mapping.genes)})
 
-                    pool.run(todo, on_result, on_started)
+                    pool.run(todo, on_result, on_started, priors)
                 self.ga.tell(state, fitness)
                 populations.append([list(g) for g in state.population])
                 state = self.ga.advance(state)
                 self._log_generation(parent, state, populations)
                 self._checkpoint(parent, state, populations)
                 self.on_event("generation", self.progress, {"record": state.logbook[-1]})
-            best = self._finish(parent, state)
+            best, versus = self._finish(parent, state)
             if pool is not None:
                 pool.shutdown()
-        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began)
+        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus)
 
     def _note(self, ev: Evaluation, kind: str) -> None:
         p = self.progress

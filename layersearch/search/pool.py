@@ -54,18 +54,27 @@ class EvaluatorActor:
             node = "local"
         self.where = f"{node}/{socket.gethostname()}:{os.getpid()}"
 
-    def evaluate(self, genes: list[int], num_teacher_layers: int) -> dict:
-        ev = self.evaluator.evaluate(Mapping(tuple(genes), num_teacher_layers))
+    def evaluate(self, genes: list[int], num_teacher_layers: int, prior: dict | None = None) -> dict:
+        """One candidate; ``prior`` is its cached record, whose units need not be run again."""
+        mapping = Mapping(tuple(genes), num_teacher_layers)
+        if prior is None:
+            ev = self.evaluator.evaluate(mapping)
+        else:
+            ev = self.evaluator.evaluate(mapping, prior=Evaluation.from_dict(prior))
         ev.worker = self.where
         return ev.to_dict()  # plain data across the process boundary
 
-    def evaluate_pack(self, genes: list[list[int]], num_teacher_layers: int) -> list[dict]:
+    def evaluate_pack(self, genes: list[list[int]], num_teacher_layers: int,
+                      priors: list[dict | None] | None = None) -> list[dict]:
         """Several candidates sharing one teacher pass per batch (see packed.py)."""
         mappings = [Mapping(tuple(g), num_teacher_layers) for g in genes]
+        records = [None if p is None else Evaluation.from_dict(p) for p in (priors or [None] * len(genes))]
         if hasattr(self.evaluator, "evaluate_pack"):
-            evs = self.evaluator.evaluate_pack(mappings)
+            evs = (self.evaluator.evaluate_pack(mappings, records) if any(records)
+                   else self.evaluator.evaluate_pack(mappings))
         else:  # an evaluator without packing evaluates them in turn
-            evs = [self.evaluator.evaluate(m) for m in mappings]
+            evs = [self.evaluator.evaluate(m) if r is None else self.evaluator.evaluate(m, prior=r)
+                   for m, r in zip(mappings, records, strict=True)]
         for ev in evs:
             ev.worker = self.where
         return [ev.to_dict() for ev in evs]
@@ -103,6 +112,7 @@ def _reason(exc: BaseException) -> str:
 @dataclass
 class _Job:
     mapping: Mapping
+    prior: dict | None = None  # the cached record to extend, as plain data
     attempts: int = 0
 
     def failed(self, why: str, error: str = "") -> Evaluation:
@@ -169,12 +179,17 @@ class EvaluatorPool:
         self.ready.append(actor)
 
     def run(self, mappings: list[Mapping], on_result: Callable[[Evaluation], None],
-            on_event: Callable[[str, Mapping], None] | None = None) -> list[Evaluation]:
-        """Evaluate every mapping; ``on_result`` is called as each one finishes."""
+            on_event: Callable[[str, Mapping], None] | None = None,
+            priors: dict[str, Evaluation] | None = None) -> list[Evaluation]:
+        """Evaluate every mapping; ``on_result`` is called as each one finishes.
+
+        ``priors`` (by mapping key) are cached records whose units are not run again.
+        """
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        queue = deque(_Job(m) for m in mappings)
+        priors = priors or {}
+        queue = deque(_Job(m, priors[m.key].to_dict() if m.key in priors else None) for m in mappings)
         in_flight: dict = {}  # object ref -> (actor, job)
         results: list[Evaluation] = []
 
@@ -188,9 +203,10 @@ class EvaluatorPool:
                 jobs = [queue.popleft() for _ in range(min(size, len(queue)))]
                 n_teacher = jobs[0].mapping.num_teacher_layers
                 if len(jobs) == 1:
-                    ref = actor.evaluate.remote(list(jobs[0].mapping.genes), n_teacher)
+                    ref = actor.evaluate.remote(list(jobs[0].mapping.genes), n_teacher, jobs[0].prior)
                 else:
-                    ref = actor.evaluate_pack.remote([list(j.mapping.genes) for j in jobs], n_teacher)
+                    ref = actor.evaluate_pack.remote([list(j.mapping.genes) for j in jobs], n_teacher,
+                                                     [j.prior for j in jobs])
                 in_flight[ref] = (actor, jobs)
                 for job in jobs:
                     job.attempts += 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -80,3 +83,72 @@ def test_packed_evaluation_equals_one_by_one(quickstart_raw):
         assert p.fitness == pytest.approx(alone.fitness, abs=1e-6)
         for k, curve in alone.curves.items():
             assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], abs=1e-5), k
+
+
+def test_constant_predictor_scores_zero_on_every_real_task(shared_data):
+    from layersearch.data.tasks import load_task
+    from layersearch.fitness.stats import matthews
+
+    for task in ("sst2", "mrpc", "rte", "cola"):
+        labels = np.asarray(load_task(task, str(shared_data / "glue"))["dev"]["label"])
+        for c in (0, 1):
+            assert matthews(np.full(len(labels), c), labels) == 0.0, task
+
+
+def test_more_seeds_extend_the_cached_evaluation(quickstart_raw, monkeypatch):
+    import layersearch.finetune as finetune
+    from layersearch.fitness import spec_key, units_of
+    from layersearch.search.cache import EvaluationCache
+
+    calls = []
+    real = finetune.finetune_task
+    monkeypatch.setattr(finetune, "finetune_task", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    raw = tiny(quickstart_raw)
+    one = parse_config(raw)
+    cache = EvaluationCache(one.search.cache_dir, spec_key(one))
+    m = Mapping((2, 4, 6), 6)
+    first = Evaluator(one).evaluate(m)
+    assert first.ok and first.fitness_seeds == 1 and len(calls) == 3
+    cache.put(first)
+
+    raw["tasks"]["finetune"]["seeds"] = [0, 1]
+    two = parse_config(raw)
+    assert spec_key(two) == cache.spec_key
+    hit, partial = cache.lookup(m, units_of(two), two.tasks.names)
+    assert hit is None and list(partial.units) == ["s0-f0"]
+    calls.clear()
+    extended = Evaluator(two).evaluate(m, prior=partial)
+    assert extended.ok, extended.status
+    assert sorted(calls) == ["mrpc", "rte", "sst2"]  # one new seed per task, seed 0 reused
+    assert extended.fitness_seeds == 2 and extended.units["s0-f0"] == first.units["s0-f0"]
+    cache.put(extended)
+    hit, _ = cache.lookup(m, units_of(one), one.tasks.names)  # asking for fewer seeds is a hit
+    assert hit.fitness == pytest.approx(first.fitness)
+
+
+def test_compare_cli_verdicts_and_mlflow_records(quickstart_raw, write_config):
+    raw = tiny(quickstart_raw)
+    raw["tasks"]["finetune"]["seeds"] = [0, 1]
+    path = write_config(raw)
+    out = runner.invoke(app, ["compare", str(path), "-m", "uniform", "-m", "upper", "-m", "lower"])
+    assert out.exit_code == 0, out.output
+    lines = [x for x in out.stdout.splitlines() if " vs uniform: " in x]
+    assert len(lines) == 2, out.stdout
+    for line in lines:
+        assert re.search(r"[+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], p = ", line), line
+        assert line.split("-> ")[-1] in ("better", "worse", "indistinguishable")
+    client = MlflowClient(raw["tracking"]["uri"])
+    exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("layersearch.kind") == "compare"]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(kids) == 3
+    assert {"verdict/4-5-6", "verdict/1-2-3"} <= set(parent.data.tags)
+    assert {"diff/4-5-6", "diff_ci_low/4-5-6", "diff_ci_high/4-5-6", "p_holm/1-2-3"} <= set(parent.data.metrics)
+    for kid in kids:
+        m = kid.data.metrics
+        assert m["fitness_ci_low"] <= m["fitness"] <= m["fitness_ci_high"] and m["fitness_seeds"] == 2
+        assert {"sst2/majority", "mrpc/majority", "rte/majority", "sst2/accuracy", "mrpc/f1"} <= set(m)
+        assert "evaluation.json" in {a.path for a in client.list_artifacts(kid.info.run_id)}
+    bad = runner.invoke(app, ["compare", str(path), "-m", "uniform", "-m", "2,4,6"])
+    assert bad.exit_code != 0 and "same mapping" in bad.output

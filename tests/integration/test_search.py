@@ -7,6 +7,7 @@ product's own.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -197,3 +198,28 @@ def test_pool_dispatches_packs(quickstart_raw, tmp_path):
     assert len(started) == 5 and len(list((tmp_path / "markers").iterdir())) == 5
     # Five candidates over two actors with packs of up to three: both actors get a pack.
     assert len({r.worker for r in results}) == 2
+
+
+def test_resume_refuses_changed_search_settings_and_unreadable_checkpoints(quickstart_raw, tmp_path):
+    from layersearch.search.driver import CHECKPOINT, ResumeError
+
+    raw = search_raw(quickstart_raw, tmp_path, generations=2)
+    first = SearchDriver(parse_config(raw), fitness_double.factory(), num_teacher_layers=6).run()
+    changed = copy.deepcopy(raw)
+    changed["search"]["mutpb"] = 0.9
+    with pytest.raises(ResumeError, match=r"search\.mutpb: 0\.3 -> 0\.9"):
+        SearchDriver(parse_config(changed), fitness_double.factory(), num_teacher_layers=6).run(first.run_id)
+    # Moving the cache is no change to the search.
+    moved = copy.deepcopy(raw)
+    moved["search"]["cache_dir"] = str(tmp_path / "elsewhere")
+    SearchDriver(parse_config(moved), fitness_double.factory(), num_teacher_layers=6).run(first.run_id)
+
+    client, _ = children(raw, first.run_id)
+    broken = tmp_path / CHECKPOINT
+    broken.write_text("{not json")
+    client.log_artifact(first.run_id, str(broken))
+    with pytest.raises(ResumeError, match="cannot be read"):
+        SearchDriver(parse_config(raw), fitness_double.factory(), num_teacher_layers=6).run(first.run_id)
+    other = client.create_run(client.get_experiment_by_name(raw["tracking"]["experiment"]).experiment_id)
+    with pytest.raises(ResumeError, match="has no ga_state.json"):
+        SearchDriver(parse_config(raw), fitness_double.factory(), num_teacher_layers=6).run(other.info.run_id)

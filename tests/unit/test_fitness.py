@@ -1,20 +1,21 @@
-"""Proxy spec identity, aggregation of task scores, and the evaluation cache."""
+"""Proxy spec identity, an evaluation's summary from its units, and the unit cache."""
 
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
+import shutil
 
+import numpy as np
 import pytest
 
 from layersearch.config import parse_config
-from layersearch.fitness import Evaluation, aggregate, spec_key
+from layersearch.fitness import Evaluation, compare, spec_key, summarize, unit_key
+from layersearch.fitness.record import pack_labels
 from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
 
 # One change in every section and most fields of the proxy spec.
 SPEC_CHANGES = [
-    ("teacher", "model", "other-teacher"),
     ("student", "num_layers", 2),
     ("student", "hidden_size", 192),
     ("student", "init", {"method": "random"}),
@@ -23,12 +24,11 @@ SPEC_CHANGES = [
     ("corpus", "seq_length", 128),
     ("corpus", "format", "text"),
     ("proxy", "slice_blocks", 100),
-    ("proxy", "slice_seed", 1),
     ("proxy", "train", {"max_steps": 41}),
     ("proxy", "train", {"learning_rate": 1e-3}),
+    ("proxy", "train", {"precision": "bf16"}),
     ("tasks", "names", ["sst2", "rte"]),
     ("tasks", "weights", [1.0, 2.0, 1.0]),
-    ("tasks", "finetune", {"seeds": [0, 1]}),
     ("tasks", "finetune", {"train_examples": 100}),
 ]
 
@@ -45,29 +45,120 @@ def test_every_spec_field_changes_the_key(quickstart_raw, section, key, value):
 @pytest.mark.parametrize("section,key,value", [
     ("search", "population", 20), ("ray", "num_evaluators", 4), ("tracking", "experiment", "x"),
     ("corpus", "cache_dir", "/elsewhere"), ("distill", "output_dir", "/elsewhere"),
+    # Seeds choose which units an evaluation holds, not what a unit says.
+    ("tasks", "finetune", {"seeds": [0, 1, 2]}), ("proxy", "slice_seeds", [0, 1]),
 ])
 def test_fields_outside_the_spec_keep_the_key(quickstart_raw, section, key, value):
     base = spec_key(parse_config(quickstart_raw))
     raw = copy.deepcopy(quickstart_raw)
-    raw[section][key] = value
+    if isinstance(value, dict):
+        raw[section][key].update(value)
+    else:
+        raw[section][key] = value
     assert spec_key(parse_config(raw)) == base
 
 
-def _result(task, seed, score, **metrics):
-    return SimpleNamespace(task=task, seed=seed, score=score, metrics={"m": score, **metrics})
+def test_key_follows_the_resolved_precision_and_device(quickstart_raw):
+    auto = parse_config(quickstart_raw)
+    raw = copy.deepcopy(quickstart_raw)
+    raw["proxy"]["train"]["precision"] = "fp32"
+    fp32 = parse_config(raw)
+    # auto means fp32 on a CPU: the same units, so the same key ...
+    assert spec_key(auto, "cpu") == spec_key(fp32, "cpu")
+    # ... and bf16 on a GPU: other units.
+    assert spec_key(auto, "cuda") != spec_key(auto, "cpu")
+    assert spec_key(auto, "cuda") != spec_key(fp32, "cuda")
 
 
-def test_aggregate_means_weights_and_spread():
-    results = [_result("a", 0, 0.6), _result("a", 1, 0.8), _result("b", 0, 0.5), _result("b", 1, 0.5)]
-    agg = aggregate(["a", "b"], None, results)
-    assert agg["scores"] == pytest.approx({"a": 0.7, "b": 0.5})
-    assert agg["fitness"] == pytest.approx(0.6)
-    assert agg["scores_std"]["a"] == pytest.approx(0.1)
-    # fitness per seed: 0.55 and 0.65 -> population std 0.05
-    assert agg["fitness_std"] == pytest.approx(0.05)
-    weighted = aggregate(["a", "b"], [3.0, 1.0], results)
-    assert weighted["fitness"] == pytest.approx((3 * 0.7 + 0.5) / 4)
+def test_key_follows_task_file_contents(quickstart_raw, shared_data, tmp_path):
+    glue = tmp_path / "glue"
+    shutil.copytree(shared_data / "glue", glue)
+    raw = copy.deepcopy(quickstart_raw)
+    raw["tasks"]["source"] = str(glue)
+    before = spec_key(parse_config(raw))
+    assert before == spec_key(parse_config(quickstart_raw))  # same contents, another folder
+    dev = glue / "rte" / "dev.tsv"
+    lines = dev.read_text().splitlines(keepends=True)
+    dev.write_text("".join(lines[:-1]))  # one dev example fewer
+    assert spec_key(parse_config(raw)) != before
 
+
+def test_key_follows_the_teacher_directory_contents(quickstart_raw, tmp_path):
+    from layersearch.models import resolve_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(resolve_teacher("offline:minilm-l6"), teacher)
+    raw = copy.deepcopy(quickstart_raw)
+    raw["teacher"]["model"] = str(teacher)
+    before = spec_key(parse_config(raw))
+    config = teacher / "config.json"
+    config.write_text(config.read_text().replace('"layer_norm_eps": 1e-12', '"layer_norm_eps": 1e-11'))
+    assert spec_key(parse_config(raw)) != before
+
+
+@pytest.mark.parametrize("library", ["torch", "transformers"])
+def test_key_follows_library_versions(quickstart_raw, monkeypatch, library):
+    module = __import__(library)
+    cfg = parse_config(quickstart_raw)
+    before = spec_key(cfg)
+    monkeypatch.setattr(module, "__version__", module.__version__ + ".post1")
+    assert spec_key(cfg) != before
+
+
+# --- records with units ------------------------------------------------------------
+
+LABELS = {"a": np.array([0, 1] * 20), "b": np.array([0, 0, 1, 1] * 10)}
+
+
+def record(genes=(2, 4, 6), units=((0, 0), (0, 1)), wrong=0, spec="spec1") -> Evaluation:
+    """An evaluation whose every unit gets ``wrong`` examples of each task wrong."""
+    ev = Evaluation(list(genes), 6, spec, dev_labels={t: pack_labels(y) for t, y in LABELS.items()},
+                    majority={"a": 0.5, "b": 0.5})
+    for s, f in units:
+        tasks = {}
+        for t, y in LABELS.items():
+            p = y.copy()
+            p[: wrong + f] = 1 - p[: wrong + f]  # seed f adds f more mistakes
+            tasks[t] = {"predictions": pack_labels(p), "metrics": {"accuracy": float((p == y).mean())},
+                        "seconds": 1.0, "steps": 3}
+        ev.units[unit_key(s, f)] = {"slice_seed": s, "finetune_seed": f, "tasks": tasks}
+    return ev
+
+
+def test_summary_is_chance_corrected_with_an_interval():
+    ev = summarize(record(wrong=4), ["a", "b"])
+    assert ev.fitness_seeds == 2
+    assert 0 < ev.fitness < 1 and ev.fitness_ci_low < ev.fitness < ev.fitness_ci_high
+    assert ev.scores["a"] < 1 and ev.metrics["a/accuracy"] == pytest.approx(1 - 4.5 / 40)
+    perfect = summarize(record(units=((0, 0),)), ["a", "b"])
+    assert perfect.fitness == pytest.approx(1.0)
+    # A constant predictor: every unit predicts class 1 everywhere.
+    const = record(units=((0, 0), (0, 1)))
+    for u in const.units.values():
+        for t, y in LABELS.items():
+            u["tasks"][t]["predictions"] = pack_labels(np.ones_like(y))
+    assert summarize(const, ["a", "b"]).fitness == 0.0
+
+
+def test_weights_change_the_fitness():
+    ev = record(wrong=0)
+    for u in ev.units.values():  # task b all wrong
+        u["tasks"]["b"]["predictions"] = pack_labels(1 - LABELS["b"])
+    assert summarize(copy.deepcopy(ev), ["a", "b"], [3.0, 1.0]).fitness > summarize(ev, ["a", "b"]).fitness
+
+
+def test_comparison_pairs_units_and_refuses_other_specs():
+    from layersearch.fitness import PairingError
+
+    ref = summarize(record(wrong=2, units=((0, 0), (0, 1), (0, 2))), ["a", "b"])
+    other = summarize(record((1, 5, 6), wrong=12, units=((0, 0), (0, 1), (0, 2))), ["a", "b"])
+    (c,) = compare(("uniform", ref), [("x", other)], ["a", "b"])
+    assert c.estimate.mean < 0 and c.estimate.units == 3 and c.verdict == "worse"
+    with pytest.raises(PairingError, match="different proxy specs"):
+        compare(("uniform", ref), [("x", record(spec="spec2"))], ["a", "b"])
+
+
+# --- the cache ---------------------------------------------------------------------
 
 def test_cache_round_trip_and_what_it_keeps(tmp_path):
     cache = EvaluationCache(tmp_path, "spec1")
@@ -84,3 +175,15 @@ def test_cache_round_trip_and_what_it_keeps(tmp_path):
     assert not cache.put(lost) and cache.put(diverged)
     (cache.dir / "6_2-4-6.json").write_text("{broken")
     assert cache.get(m) is None
+
+
+def test_cache_merges_units_and_answers_for_the_units_asked(tmp_path):
+    cache = EvaluationCache(tmp_path, "spec1")
+    m = Mapping((2, 4, 6), 6)
+    cache.put(summarize(record(units=((0, 0), (0, 1))), ["a", "b"]))
+    cache.put(summarize(record(units=((0, 2),)), ["a", "b"]))  # a later, larger request's new seed
+    assert sorted(cache.get(m).units) == ["s0-f0", "s0-f1", "s0-f2"]
+    hit, partial = cache.lookup(m, [(0, 0), (0, 2)], ["a", "b"])
+    assert partial is None and sorted(hit.units) == ["s0-f0", "s0-f2"] and hit.fitness_seeds == 2
+    hit, partial = cache.lookup(m, [(0, 0), (1, 0)], ["a", "b"])
+    assert hit is None and partial.missing(["s0-f0", "s1-f0"]) == ["s1-f0"]

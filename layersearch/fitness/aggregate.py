@@ -1,0 +1,127 @@
+"""From an evaluation's units to its summary, and from two evaluations to a verdict.
+
+``summarize`` fills an ``Evaluation``'s fitness, interval and per-task scores
+from its units; ``compare`` pairs a reference with other mappings under the
+same proxy spec (same slices, fine-tune seeds and dev examples), Holm-corrects
+the tests and names a verdict for each. The arithmetic is in ``stats``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from layersearch.errors import UserError
+from layersearch.fitness.record import Evaluation, unpack_labels
+from layersearch.fitness.stats import Estimate, fitness_estimate, holm, matthews, paired_difference, verdict
+
+
+class PairingError(UserError):
+    """Two evaluations that cannot be compared example by example and seed by seed."""
+
+
+def unit_order(ev: Evaluation) -> list[str]:
+    return sorted(ev.units, key=lambda u: (ev.units[u]["slice_seed"], ev.units[u]["finetune_seed"]))
+
+
+def task_weights(names: list[str], weights: list[float] | None) -> dict[str, float]:
+    return dict(zip(names, weights or [1.0] * len(names), strict=True))
+
+
+def summarize(ev: Evaluation, names: list[str], weights: list[float] | None = None) -> Evaluation:
+    """Derive fitness, its interval and per-task scores from the units (in place; returns ``ev``)."""
+    if not ev.ok or not ev.units:
+        return ev
+    units = unit_order(ev)
+    labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
+    preds = {t: ev.predictions(t, units) for t in names}
+    w = task_weights(names, weights)
+    est = fitness_estimate(preds, labels, w, groups=[ev.units[u]["slice_seed"] for u in units])
+    per_task = {t: [matthews(row, labels[t]) for row in preds[t]] for t in names}
+    total = sum(w.values())
+    per_unit = [sum(w[t] * per_task[t][i] for t in names) / total for i in range(len(units))]
+    ev.fitness, ev.fitness_ci_low, ev.fitness_ci_high = est.mean, est.low, est.high
+    ev.fitness_seeds = len(units)
+    ev.fitness_std = statistics.stdev(per_unit) if len(per_unit) > 1 else 0.0
+    ev.scores = {t: statistics.fmean(v) for t, v in per_task.items()}
+    ev.scores_std = {t: statistics.stdev(v) if len(v) > 1 else 0.0 for t, v in per_task.items()}
+    ev.metrics = {}
+    for t in names:
+        for metric in ev.units[units[0]]["tasks"][t]["metrics"]:
+            ev.metrics[f"{t}/{metric}"] = statistics.fmean(ev.units[u]["tasks"][t]["metrics"][metric]
+                                                           for u in units)
+    return ev
+
+
+def interval_text(ev: Evaluation) -> str:
+    """``0.4123 ± 0.0310 (3 seeds)``: the mean, the 95% interval's half-width and the evidence."""
+    if ev.fitness is None:
+        return "-"
+    if ev.fitness_ci_low is None or ev.fitness_ci_high is None:
+        return f"{ev.fitness:.4f}"
+    half = (ev.fitness_ci_high - ev.fitness_ci_low) / 2
+    n = ev.fitness_seeds
+    return f"{ev.fitness:.4f} ± {half:.4f} ({n} seed{'s' if n != 1 else ''})"
+
+
+@dataclass
+class Comparison:
+    label: str  # the other mapping
+    reference: str
+    estimate: Estimate  # other minus reference
+    p_adjusted: float  # Holm across the comparisons made together
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "reference": self.reference, **self.estimate.to_dict(),
+                "p_adjusted": self.p_adjusted, "verdict": self.verdict}
+
+    def text(self) -> str:
+        e = self.estimate
+        return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}], "
+                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired seeds) -> {self.verdict}")
+
+
+def _paired(ref: Evaluation, other: Evaluation, names: list[str]) -> list[str]:
+    if ref.spec_key != other.spec_key:
+        raise PairingError(f"{other.mapping} and {ref.mapping} were evaluated under different proxy "
+                           f"specs ({other.spec_key} vs {ref.spec_key}); evaluate both with one config")
+    for ev in (ref, other):
+        if not ev.ok:
+            raise PairingError(f"{ev.mapping} has no fitness to compare ({ev.status})")
+        if not ev.units:
+            raise PairingError(f"{ev.mapping} has no per-seed results to pair (an old or external record)")
+    units = [u for u in unit_order(ref) if u in other.units]
+    if not units:
+        raise PairingError(f"{other.mapping} and {ref.mapping} share no (slice, fine-tune seed) unit")
+    for t in names:
+        if ref.dev_labels.get(t) != other.dev_labels.get(t):
+            raise PairingError(f"{t}: {other.mapping} and {ref.mapping} were scored on different dev examples")
+    return units
+
+
+def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluation]], names: list[str],
+            weights: list[float] | None = None) -> list[Comparison]:
+    """Each other mapping minus the reference, paired, Holm-corrected across ``others``."""
+    ref_label, ref = reference
+    w = task_weights(names, weights)
+    labels = {t: unpack_labels(ref.dev_labels[t]) for t in names}
+    estimates = []
+    for _, ev in others:
+        units = _paired(ref, ev, names)
+        estimates.append(paired_difference(
+            {t: ref.predictions(t, units) for t in names}, {t: ev.predictions(t, units) for t in names},
+            labels, w, groups=[ref.units[u]["slice_seed"] for u in units]))
+    adjusted = holm([e.p_value for e in estimates])
+    return [Comparison(label, ref_label, e, p, verdict(e, p))
+            for (label, _), e, p in zip(others, estimates, adjusted, strict=True)]
+
+
+def unit_fitness(ev: Evaluation, names: list[str], weights: list[float] | None = None) -> dict[str, float]:
+    """Each unit's fitness, by unit key (for benches and plots)."""
+    w = task_weights(names, weights)
+    total = sum(w.values())
+    labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
+    return {u: sum(w[t] * matthews(ev.predictions(t, [u])[0], labels[t]) for t in names) / total
+            for u in unit_order(ev)}
+

@@ -1,0 +1,215 @@
+"""What a mapping is worth: proxy distillations, then fine-tunes on the proxy tasks.
+
+An ``Evaluator`` loads the teacher, tokenizer, proxy slices and task data once
+and evaluates any number of mappings against them. For each proxy slice seed
+it distils one student (the slice seed also offsets the distillation seed),
+then fine-tunes it once per fine-tune seed on every task: each (slice,
+fine-tune seed) pair is one unit of evidence. Given an earlier record of the
+same mapping and spec, only its missing units are computed.
+
+An evaluation never raises for a bad candidate: a diverging or crashing one
+comes back with status ``failed: <why>`` and no fitness, so a search keeps going.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import time
+import traceback
+
+import torch
+
+from layersearch.config import Config
+from layersearch.fitness.aggregate import summarize
+from layersearch.fitness.record import Evaluation, pack_labels, unit_key
+from layersearch.fitness.spec import spec_key, units_of
+from layersearch.mapping import Mapping
+
+
+class Evaluator:
+    """Teacher, tokenizer, proxy slices and task data, loaded once; evaluates mappings."""
+
+    def __init__(self, cfg: Config, device: str | None = None):
+        from layersearch.data.tasks import load_task
+        from layersearch.models import load_teacher, load_tokenizer
+
+        self.cfg = cfg
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.spec_key = spec_key(cfg, torch.device(self.device).type)
+        self.teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
+                                    mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0)
+        self.tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
+        self.pad = self.tokenizer.pad_token_id or 0
+        self._slices: dict[int, torch.Tensor] = {}
+        self.slice(cfg.proxy.slice_seeds[0])  # fail at start-up, not in the first evaluation
+        self.datasets = {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names}
+        self.num_teacher_layers = self.teacher.config.num_hidden_layers
+
+    def slice(self, seed: int) -> torch.Tensor:
+        """The proxy slice of one slice seed, loaded once."""
+        from layersearch.data.slices import get_slice
+
+        if seed not in self._slices:
+            self._slices[seed] = get_slice(self.cfg.corpus, self.tokenizer, self.cfg.proxy.slice_blocks,
+                                           seed).input_ids
+        return self._slices[seed]
+
+    def slice_config(self, seed: int) -> Config:
+        """The config one slice's student is built and distilled with: its own random stream."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.proxy.train.seed = self.cfg.proxy.train.seed + seed
+        return cfg
+
+    def suggest_pack_size(self, cap: int = 16) -> int:
+        """How many students to pack: from free GPU memory, or 4 on a CPU.
+
+        A student's training state is about 16 bytes per parameter (weights,
+        gradients, two Adam moments); activations are allowed as much again.
+        """
+        if self.device != "cuda":
+            return 4
+        from layersearch.models import student_config
+
+        scfg = student_config(self.teacher.config, self.cfg.student)
+        per_layer = 4 * scfg.hidden_size ** 2 + 2 * scfg.hidden_size * scfg.intermediate_size
+        params = scfg.vocab_size * scfg.hidden_size + scfg.num_hidden_layers * per_layer
+        need = 2 * 16 * params
+        free, _ = torch.cuda.mem_get_info()
+        return max(1, min(cap, int(0.8 * free // need)))
+
+    # --- records --------------------------------------------------------------
+    def _new(self, mapping: Mapping, prior: Evaluation | None) -> Evaluation:
+        """A record for ``mapping`` that starts from ``prior``'s units of this spec."""
+        ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
+                        worker=f"{socket.gethostname()}:{os.getpid()}")
+        if prior is not None and prior.ok and prior.spec_key == self.spec_key:
+            wanted = [unit_key(s, f) for s, f in units_of(self.cfg)]
+            ev.units = {u: prior.units[u] for u in wanted if u in prior.units}
+            ev.dev_labels, ev.majority = dict(prior.dev_labels), dict(prior.majority)
+            ev.curves = dict(prior.curves)
+        return ev
+
+    @staticmethod
+    def _fail(ev: Evaluation, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        ev.status = f"failed: {type(exc).__name__}: {first}"[:500]
+        ev.fitness = None
+        ev.error = "".join(traceback.format_exception(exc, limit=8))
+
+    def _todo(self, ev: Evaluation, slice_seed: int) -> list[int]:
+        """Fine-tune seeds of this slice that ``ev`` still lacks."""
+        return [f for f in self.cfg.tasks.finetune.seeds if unit_key(slice_seed, f) not in ev.units]
+
+    def _finetune(self, ev: Evaluation, student, slice_seed: int, seeds: list[int], progress: bool) -> None:
+        """Fine-tune the distilled student on every task with each seed; one unit per seed."""
+        from layersearch.finetune import finetune_all
+        from layersearch.student import finish_student
+
+        t0 = time.perf_counter()
+        # WID's compactor model becomes an ordinary smaller model before fine-tuning.
+        encoder = finish_student(student).base_model.to(self.device)
+        results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets, self.device,
+                               progress, seeds=seeds)
+        ev.timings["finetune_s"] = ev.timings.get("finetune_s", 0.0) + time.perf_counter() - t0
+        first_slice = slice_seed == self.cfg.proxy.slice_seeds[0]
+        for r in results:
+            unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
+                                       {"slice_seed": slice_seed, "finetune_seed": r.seed, "tasks": {}})
+            unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
+                                     "seconds": r.seconds, "steps": r.steps}
+            labels = pack_labels(r.labels)
+            if ev.dev_labels.setdefault(r.task, labels) != labels:
+                raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
+            ev.majority[r.task] = r.majority_baseline
+            if first_slice:  # curves of one slice are enough to look at
+                ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
+
+    def _distilled(self, ev: Evaluation, result, slice_seed: int) -> None:
+        if slice_seed == self.cfg.proxy.slice_seeds[0]:
+            ev.curves.update({f"distill/{k}": v for k, v in result.curves.items() if k != "lr"})
+        ev.timings["distill_s"] = ev.timings.get("distill_s", 0.0) + result.seconds
+
+    def _finish(self, ev: Evaluation) -> Evaluation:
+        if ev.ok:
+            try:
+                summarize(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
+            except Exception as exc:
+                self._fail(ev, exc)
+        return ev
+
+    # --- evaluation -------------------------------------------------------------
+    def evaluate(self, mapping: Mapping, prior: Evaluation | None = None, progress: bool = False) -> Evaluation:
+        """Proxy-distil ``mapping`` on each slice and fine-tune; only units ``prior`` lacks are run."""
+        from layersearch.distill import train
+        from layersearch.student import make_student
+
+        ev = self._new(mapping, prior)
+        began = time.perf_counter()
+        try:
+            for s in self.cfg.proxy.slice_seeds:
+                seeds = self._todo(ev, s)
+                if not seeds:
+                    continue
+                cfg, data = self.slice_config(s), self.slice(s)
+                student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
+                result = train(student, self.teacher, loss, data, cfg.proxy.train, pad_token_id=self.pad,
+                               progress=progress)
+                self._distilled(ev, result, s)
+                self._finetune(ev, student, s, seeds, progress)
+        except Exception as exc:  # a bad candidate is a result, not a crash
+            self._fail(ev, exc)
+        ev.timings["total_s"] = time.perf_counter() - began
+        return self._finish(ev)
+
+    def evaluate_pack(self, mappings: list[Mapping], priors: list[Evaluation | None] | None = None,
+                      progress: bool = False) -> list[Evaluation]:
+        """Evaluate several mappings with one teacher forward per proxy batch.
+
+        Same results as ``evaluate`` one by one (see packed.py); each slice's
+        distillation wall time is shared equally among the members that needed it.
+        """
+        from layersearch.packed import train_packed
+
+        began = time.perf_counter()
+        priors = priors or [None] * len(mappings)
+        evs = [self._new(m, p) for m, p in zip(mappings, priors, strict=True)]
+        for s in self.cfg.proxy.slice_seeds:
+            members = [(ev, m) for ev, m in zip(evs, mappings, strict=True) if ev.ok and self._todo(ev, s)]
+            if not members:
+                continue
+            cfg, data = self.slice_config(s), self.slice(s)
+            built = self._build(cfg, members, data)
+            if not built:
+                continue
+            outcomes = train_packed([b[1] for b in built], self.teacher, [b[2] for b in built], data,
+                                    cfg.proxy.train, self.pad)
+            for (ev, student, _), out in zip(built, outcomes, strict=True):
+                if isinstance(out, Exception):
+                    self._fail(ev, out)
+                    continue
+                self._distilled(ev, out, s)
+                try:
+                    self._finetune(ev, student, s, self._todo(ev, s), progress)
+                except Exception as exc:
+                    self._fail(ev, exc)
+        share = (time.perf_counter() - began) / len(mappings)
+        for ev in evs:
+            # A member's own time: its share of the packed distillation plus its fine-tuning.
+            parts = [ev.timings[k] for k in ("distill_s", "finetune_s") if k in ev.timings]
+            ev.timings["total_s"] = sum(parts) if ev.ok else share
+        return [self._finish(ev) for ev in evs]
+
+    def _build(self, cfg: Config, members: list, data: torch.Tensor) -> list:
+        """(evaluation, student, loss) for each member whose student can be built."""
+        from layersearch.student import make_student
+
+        built = []
+        for ev, mapping in members:
+            try:
+                student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
+                built.append((ev, student, loss))
+            except Exception as exc:
+                self._fail(ev, exc)
+        return built

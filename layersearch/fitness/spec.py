@@ -1,0 +1,125 @@
+"""Proxy-spec identity: everything that fixes what a unit of evidence would say.
+
+The spec key names the config fields and the world outside the config that
+change a fitness value: the teacher's weights (a hub revision, or a local
+directory's contents), the task files' contents, the corpus files, the
+resolved device kind and precision, and the torch and transformers versions.
+The seed lists (``proxy.slice_seeds``, ``tasks.finetune.seeds``) are not in
+it: they choose which units an evaluation holds, so more seeds extend a cached
+evaluation under the same key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+from layersearch.config import Config
+
+SPEC_VERSION = 3  # bump when evaluation code changes what a spec's fitness means
+
+# Files of a model directory that decide its outputs (not READMEs or pooling configs).
+_MODEL_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                "special_tokens_map.json")
+_MODEL_SUFFIXES = (".safetensors", ".bin")
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash of a file, memoised by (path, size, mtime) within the process."""
+    st = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def teacher_identity(model: str, revision: str | None) -> dict:
+    """A local directory's contents, or a hub repository's resolved commit."""
+    from layersearch.models import load_teacher_config, resolve_teacher
+
+    source = Path(resolve_teacher(model))
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir()
+                       if p.is_file() and (p.name in _MODEL_FILES or p.suffix in _MODEL_SUFFIXES))
+        return {"files": {p.name: file_digest(p) for p in files}}
+    config = load_teacher_config(model, revision)
+    return {"hub": str(source), "commit": getattr(config, "_commit_hash", None) or revision}
+
+
+def tasks_identity(source: str, names: list[str]) -> dict:
+    """Each local task file's content hash; the hub's datasets are named by the task alone."""
+    if source == "hub":
+        return {"hub": "nyu-mll/glue"}
+    root = Path(source).expanduser()
+    return {n: {s: file_digest(root / n / f"{s}.tsv") for s in ("train", "dev")
+                if (root / n / f"{s}.tsv").is_file()} for n in names}
+
+
+def runtime_identity(device: str, precision: str) -> dict:
+    import torch
+    import transformers
+
+    from layersearch.distill import resolve_precision
+
+    return {"device": device, "precision": resolve_precision(precision, device),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
+    """The fields and facts that decide a unit's result (nothing about search, Ray or MLflow).
+
+    ``device`` is the kind the evaluators run on ("cpu" or "cuda"), which
+    decides what ``precision: auto`` means.
+    """
+    from layersearch.data.slices import corpus_identity
+
+    data = cfg.to_dict()
+    corpus = {k: v for k, v in data["corpus"].items() if k != "cache_dir"}
+    corpus["identity"] = corpus_identity(cfg.corpus)
+    proxy = {k: v for k, v in data["proxy"].items() if k != "slice_seeds"}
+    runtime = runtime_identity(device, cfg.proxy.train.precision)
+    # "auto" and what it resolves to on this device kind are the same units.
+    proxy["train"] = {**proxy["train"], "precision": runtime["precision"]}
+    tasks = {**data["tasks"], "finetune": {k: v for k, v in data["tasks"]["finetune"].items() if k != "seeds"}}
+    # The files' contents name local task data, wherever the folder lies.
+    tasks["source"] = tasks_identity(cfg.tasks.source, cfg.tasks.names)
+    return {
+        "version": SPEC_VERSION,
+        "teacher": {**data["teacher"], "identity": teacher_identity(cfg.teacher.model, cfg.teacher.revision)},
+        "student": data["student"],
+        "objective": data["objective"],
+        "corpus": corpus,
+        "proxy": proxy,
+        "tasks": tasks,
+        "runtime": runtime,
+    }
+
+
+def spec_key(cfg: Config, device: str = "cpu") -> str:
+    blob = json.dumps(proxy_spec(cfg, device), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def local_device() -> str:
+    """The device kind an evaluator in this process runs on."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def search_device(cfg: Config) -> str:
+    """The device kind the search's Ray evaluators run on: GPUs only where granted."""
+    return "cuda" if cfg.ray.num_gpus > 0 else "cpu"
+
+
+def units_of(cfg: Config) -> list[tuple[int, int]]:
+    """(slice seed, fine-tune seed) of every unit the config asks for, in order."""
+    return [(s, f) for s in cfg.proxy.slice_seeds for f in cfg.tasks.finetune.seeds]
