@@ -30,6 +30,8 @@ quickstart: setup
 	$(VENV)/bin/layersearch search configs/quickstart.yaml --export outputs/quickstart/best_mapping.json
 	$(VENV)/bin/layersearch distill configs/quickstart.yaml --mapping outputs/quickstart/best_mapping.json
 	@echo "Inspect the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000  (then open http://127.0.0.1:5000)"
+	@echo "The search's answer, paired against TinyBERT's uniform mapping:"
+	@$(VENV)/bin/layersearch show outputs/quickstart/best_mapping.json --top 1 --against uniform
 
 lint: setup
 	$(VENV)/bin/ruff check layersearch tests bench

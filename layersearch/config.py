@@ -236,6 +236,8 @@ class TasksConfig(Strict):
             raise ValueError(
                 f"tasks.weights has {len(self.weights)} entries for {len(self.names)} tasks"
             )
+        if self.weights is not None and not sum(self.weights) > 0:
+            raise ValueError("tasks.weights are all 0; give at least one task a positive weight")
         return self
 
 

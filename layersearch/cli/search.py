@@ -28,6 +28,8 @@ def _line(kind: str, p, info: dict) -> None:
         fit = "failed" if info["fitness"] is None else f"{info['fitness']:.4f}"
         note = "" if info["fitness"] is not None else f" ({info['status']})"
         console.print(f"{head} | {kind} {info['genes']} -> {fit}{note}", highlight=False)
+    elif kind == "warning":
+        console.print(f"[yellow]{info['message']}[/]", highlight=False)
     elif kind == "retry":
         console.print(f"{head} | [yellow]worker lost, retrying {info['genes']}[/]", highlight=False)
     elif kind == "generation":
@@ -79,14 +81,17 @@ def say_verdict(best, versus) -> None:
         if best is not None and best.units and best.mapping.genes == _uniform_genes(best):
             console.print(f"[bold]verdict:[/] the winner is the uniform mapping {best.mapping} itself")
         else:
-            console.print("[bold]verdict:[/] uniform was not evaluated under this spec; compare with "
-                          "layersearch compare CONFIG -m uniform -m " + ",".join(map(str, best.mapping.genes)))
+            console.print("[bold]verdict:[/] no comparable record of uniform in this search (not evaluated, "
+                          "or failed); compare with layersearch compare CONFIG -m uniform -m "
+                          + ",".join(map(str, best.mapping.genes)), highlight=False)
         return
     e = versus.estimate
     words = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
     console.print(f"[bold]verdict:[/] {best.mapping} is [bold]{words[versus.verdict]}[/] uniform: "
                   f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], "
                   f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s)", highlight=False, soft_wrap=True)
+    console.print("  (Holm-corrected over every mapping the search evaluated, since the winner was chosen "
+                  "among them on these same seeds; the difference itself still carries the winner's luck)")
     if versus.verdict == "indistinguishable":
         console.print("  at this budget the search cannot tell its winner from uniform; more seeds "
                       "(tasks.finetune.seeds) or a larger proxy budget would narrow the interval")
@@ -183,11 +188,15 @@ def show(run_id: RunIdArg, config: ConfigOpt = None, tracking_uri: UriOpt = "sql
     if best:
         console.print(f"best mapping {best} (fitness {run.data.metrics.get('best_fitness', float('nan')):.4f})")
     if against:
-        _show_against(tracker, run, ranked[:top], against)
+        _show_against(tracker, run, ranked, top, against)
 
 
-def _show_against(tracker, run, ranked: list, against: str) -> None:
-    """Paired verdicts of a search's top mappings against a reference it evaluated; an MLflow run too."""
+def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
+    """Paired verdicts of a search's top mappings against a reference it evaluated; an MLflow run too.
+
+    The top rows were picked from every evaluation of the search, so Holm runs
+    over all of them against the reference, not over the rows shown.
+    """
     from layersearch.cli.compare import report
     from layersearch.fitness import compare
     from layersearch.mapping import resolve_mapping
@@ -198,28 +207,31 @@ def _show_against(tracker, run, ranked: list, against: str) -> None:
     reference = resolve_mapping(against, m, n)
     ref_child = next((c for c in ranked if tuple(_genes(c)) == reference.genes), None)
     if ref_child is None:
-        ref_child = next((c for c in _children(tracker, run.info.run_id) if tuple(_genes(c)) == reference.genes),
-                         None)
-    if ref_child is None:
         raise UserError(f"--against {against}: this search did not evaluate {reference}; run "
                         f"layersearch compare CONFIG -m {against} -m <mapping> instead")
+    shown = [c for c in ranked[:top] if c is not ref_child and c.data.metrics.get("fitness") is not None]
+    if not shown:
+        console.print(f"the top mapping is {against} {reference} itself: nothing to compare")
+        return
     ref = load_evaluation(tracker, ref_child.info.run_id)
-    others = []
+    family = []  # (label, evaluation, shown?) for every evaluated mapping with a record
     for c in ranked:
-        if c.info.run_id == ref_child.info.run_id or c.data.metrics.get("fitness") is None:
+        if c is ref_child or c.data.metrics.get("fitness") is None:
             continue
         ev = load_evaluation(tracker, c.info.run_id)
         if ev is not None:
-            others.append((str(ev.mapping), ev))
-    if ref is None or not others:
+            family.append((str(ev.mapping), ev, c in shown))
+    if ref is None or not any(f[2] for f in family):
         raise UserError("--against: these evaluation runs hold no per-seed records (evaluation.json); "
                         "they were logged by an older version")
-    names = [t for t in json.loads(params.get("tasks.names", "[]"))] or sorted(ref.dev_labels)
+    names = json.loads(params.get("tasks.names", "[]")) or sorted(ref.dev_labels)
     weights = json.loads(params["tasks.weights"]) if params.get("tasks.weights", "null") != "null" else None
-    comparisons = compare((against, ref), others, names, weights)
+    comparisons = compare((against, ref), [(label, ev) for label, ev, _ in family], names, weights)
+    picked = [(c, (label, ev)) for c, (label, ev, on) in zip(comparisons, family, strict=True) if on]
     with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,
                      tags={"layersearch.kind": "compare"}) as compare_id:
-        report(tracker, compare_id, comparisons, ref, others)
+        report(tracker, compare_id, [c for c, _ in picked], ref, [o for _, o in picked])
+    console.print(f"(Holm over all {len(family)} evaluated mappings against {against}, shown or not)")
 
 
 @user_errors

@@ -61,7 +61,9 @@ def interval_text(ev: Evaluation) -> str:
         return f"{ev.fitness:.4f}"
     half = (ev.fitness_ci_high - ev.fitness_ci_low) / 2
     n = ev.fitness_seeds
-    return f"{ev.fitness:.4f} ± {half:.4f} ({n} seed{'s' if n != 1 else ''})"
+    if n == 1:  # the seed noise is not measured: the interval is the dev set's alone
+        return f"{ev.fitness:.4f} ± {half:.4f} (1 seed, dev set only)"
+    return f"{ev.fitness:.4f} ± {half:.4f} ({n} seeds)"
 
 
 @dataclass

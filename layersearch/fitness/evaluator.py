@@ -102,8 +102,13 @@ class Evaluator:
         """Fine-tune seeds of this slice that ``ev`` still lacks."""
         return [f for f in self.cfg.tasks.finetune.seeds if unit_key(slice_seed, f) not in ev.units]
 
-    def _finetune(self, ev: Evaluation, student, slice_seed: int, seeds: list[int], progress: bool) -> None:
-        """Fine-tune the distilled student on every task with each seed; one unit per seed."""
+    def _finetune(self, ev: Evaluation, student, slice_seed: int, seeds: list[int], progress: bool,
+                  distill_s: float) -> None:
+        """Fine-tune the distilled student on every task with each seed; one unit per seed.
+
+        Each unit records its slice's distillation time, so the cost of any set
+        of units can be added up later (benches compare budgets that way).
+        """
         from layersearch.finetune import finetune_all
         from layersearch.student import finish_student
 
@@ -116,7 +121,8 @@ class Evaluator:
         first_slice = slice_seed == self.cfg.proxy.slice_seeds[0]
         for r in results:
             unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
-                                       {"slice_seed": slice_seed, "finetune_seed": r.seed, "tasks": {}})
+                                       {"slice_seed": slice_seed, "finetune_seed": r.seed,
+                                        "distill_s": distill_s, "tasks": {}})
             unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
                                      "seconds": r.seconds, "steps": r.steps}
             labels = pack_labels(r.labels)
@@ -157,7 +163,7 @@ class Evaluator:
                 result = train(student, self.teacher, loss, data, cfg.proxy.train, pad_token_id=self.pad,
                                progress=progress)
                 self._distilled(ev, result, s)
-                self._finetune(ev, student, s, seeds, progress)
+                self._finetune(ev, student, s, seeds, progress, result.seconds)
         except Exception as exc:  # a bad candidate is a result, not a crash
             self._fail(ev, exc)
         ev.timings["total_s"] = time.perf_counter() - began
@@ -191,7 +197,7 @@ class Evaluator:
                     continue
                 self._distilled(ev, out, s)
                 try:
-                    self._finetune(ev, student, s, self._todo(ev, s), progress)
+                    self._finetune(ev, student, s, self._todo(ev, s), progress, out.seconds)
                 except Exception as exc:
                     self._fail(ev, exc)
         share = (time.perf_counter() - began) / len(mappings)

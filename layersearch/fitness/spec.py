@@ -69,8 +69,10 @@ def runtime_identity(device: str, precision: str) -> dict:
 
     from layersearch.distill import resolve_precision
 
+    # The local build tag (+cpu, +cu121) names the kind of build, which the device
+    # kind already covers: a CPU driver and its GPU workers must agree on the key.
     return {"device": device, "precision": resolve_precision(precision, device),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+            "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
 
 
 def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
@@ -86,14 +88,19 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     corpus["identity"] = corpus_identity(cfg.corpus)
     proxy = {k: v for k, v in data["proxy"].items() if k != "slice_seeds"}
     runtime = runtime_identity(device, cfg.proxy.train.precision)
-    # "auto" and what it resolves to on this device kind are the same units.
-    proxy["train"] = {**proxy["train"], "precision": runtime["precision"]}
-    tasks = {**data["tasks"], "finetune": {k: v for k, v in data["tasks"]["finetune"].items() if k != "seeds"}}
+    # "auto" and what it resolves to on this device kind are the same units;
+    # logging and checkpoint cadence change no unit.
+    train = {k: v for k, v in proxy["train"].items() if k not in ("log_every", "checkpoint_every")}
+    proxy["train"] = {**train, "precision": runtime["precision"]}
+    # Task weights and order only combine units into a fitness, which is derived
+    # again from the units on every read: they stay out of the key.
+    tasks = {"names": sorted(cfg.tasks.names),
+             "finetune": {k: v for k, v in data["tasks"]["finetune"].items() if k != "seeds"}}
     # The files' contents name local task data, wherever the folder lies.
     tasks["source"] = tasks_identity(cfg.tasks.source, cfg.tasks.names)
     return {
         "version": SPEC_VERSION,
-        "teacher": {**data["teacher"], "identity": teacher_identity(cfg.teacher.model, cfg.teacher.revision)},
+        "teacher": teacher_identity(cfg.teacher.model, cfg.teacher.revision),
         "student": data["student"],
         "objective": data["objective"],
         "corpus": corpus,

@@ -13,11 +13,16 @@ has two sources that this module adds up:
 
 1. seed noise: which students the seeds happened to train. Estimated from the
    spread of unit fitnesses; units that share a proxy slice are nested in it,
-   so with several slices the variance comes from the slice means unless they
-   vary no more than single units do (then the units are pooled).
+   so when the slice means differ by clearly more than their units explain
+   (F test at the 25% level, Bancroft's pooling rule) the variance comes from
+   the slice means, and otherwise from every unit pooled.
 2. the finite dev set: which examples the task's dev split happened to hold.
    Estimated by a bootstrap over dev examples, the same resample for every
-   unit (and, in a comparison, for both systems: that is the pairing).
+   unit (and, in a comparison, for both systems: that is the pairing). The
+   spread of unit fitnesses already holds each unit's own seed-by-example
+   noise, so only what units share is taken from the bootstrap: the mean
+   covariance between units' bootstrap values, (U V - v) / (U - 1), where V is
+   the variance of the bootstrapped mean and v the units' mean own variance.
 
 The two variances add; the interval and the test use Student's t with
 Welch-Satterthwaite degrees of freedom (the bootstrap part counts as known).
@@ -36,6 +41,7 @@ from scipy import stats as sps
 
 LEVEL = 0.95
 BOOTSTRAP = 1000
+SLICE_POOLING_LEVEL = 0.75
 VERDICTS = ("better", "worse", "indistinguishable")
 
 
@@ -52,11 +58,12 @@ def matthews(preds: np.ndarray, labels: np.ndarray, num_labels: int | None = Non
     preds = np.asarray(preds, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     k = int(num_labels or max(preds.max(initial=0), labels.max(initial=0)) + 1)
-    onehot = np.zeros((labels.shape[0], k * k))
+    # float32 counts are exact below 2**24 examples; the arithmetic after is float64.
+    onehot = np.zeros((labels.shape[0], k * k), dtype=np.float32)
     onehot[np.arange(labels.shape[0]), labels * k + preds] = 1.0
     single = counts is None
-    w = np.ones((1, labels.shape[0])) if single else np.asarray(counts, dtype=np.float64)
-    confusion = (w @ onehot).reshape(-1, k, k)  # [B, true, predicted]
+    w = np.ones((1, labels.shape[0]), dtype=np.float32) if single else np.asarray(counts, dtype=np.float32)
+    confusion = (w @ onehot).astype(np.float64).reshape(-1, k, k)  # [B, true, predicted]
     s = confusion.sum(axis=(1, 2))
     c = np.trace(confusion, axis1=1, axis2=2)
     t = confusion.sum(axis=2)
@@ -121,13 +128,16 @@ def _seed_variance(unit_values: np.ndarray, groups: Sequence | None) -> tuple[fl
     ms_within = within / within_df if within_df else 0.0
     # Mean square between slices, per unit: (units per slice) x var(slice means).
     ms_between = float(np.var(means, ddof=1)) * float(sizes.mean())
-    if ms_between > ms_within:
+    # Pool unless slices clearly differ: a lower bar would swing the interval
+    # between df = slices - 1 and df = units - 1 on noise alone.
+    if ms_within == 0 or ms_between / ms_within > sps.f.ppf(SLICE_POOLING_LEVEL, len(keys) - 1, within_df):
         return float(np.var(means, ddof=1)) / len(keys), len(keys) - 1.0
     return pooled, u - 1.0
 
 
 def _bootstrap_counts(n: int, reps: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float64)
+    # float32 holds counts exactly and halves the memory of a large dev set's resamples.
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float32)
 
 
 def _estimate(unit_fn, labels: dict[str, np.ndarray], groups: Sequence | None,
@@ -142,8 +152,14 @@ def _estimate(unit_fn, labels: dict[str, np.ndarray], groups: Sequence | None,
     mean = float(values.mean())
     rng = np.random.default_rng(seed)
     counts = {t: _bootstrap_counts(len(y), reps, rng) for t, y in sorted(labels.items())}
-    boot = np.asarray(unit_fn(counts), dtype=np.float64).mean(axis=1)  # [B]
-    dev_var = float(np.var(boot, ddof=1))
+    boot = np.asarray(unit_fn(counts), dtype=np.float64)  # [B, U]
+    mean_var = float(np.var(boot.mean(axis=1), ddof=1))
+    if u >= 2:
+        # Only the dev-set noise the units share; their own part is in the seed spread.
+        own = float(np.var(boot, axis=0, ddof=1).mean())
+        dev_var = max(0.0, (u * mean_var - own) / (u - 1))
+    else:
+        dev_var = mean_var
     if u >= 2:
         seed_var, seed_df = _seed_variance(values, groups)
     else:

@@ -51,11 +51,18 @@ class EvaluationCache:
         return summarize(stored.restricted(wanted), tasks, weights), None
 
     def put(self, ev: Evaluation) -> bool:
-        """Store a finished evaluation, merged with the units already stored; transient failures are not."""
+        """Store a finished evaluation, merged with the units already stored.
+
+        Transient failures are not stored, nor is any failure over good stored
+        units. The stored summary describes the last evaluation's units only;
+        ``lookup`` derives it again for the units asked.
+        """
         if not ev.cacheable:
             return False
         stored = self.get(ev.mapping)
-        if ev.ok and stored is not None and stored.ok:
+        if stored is not None and stored.ok and stored.units:
+            if not ev.ok:  # a failed extension must not erase the units already proven
+                return False
             ev = Evaluation.from_dict(ev.to_dict())
             ev.units = {**stored.units, **ev.units}
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ from layersearch.tracking import Tracker, flatten, log_evaluation
 CHECKPOINT = "ga_state.json"
 CHECKPOINT_FORMAT = 2
 # search.* settings a resumed search may change: they do not steer the GA.
-RESUMABLE_CHANGES = ("cache_dir",)
+# (A higher generations extends a finished search.)
+RESUMABLE_CHANGES = ("cache_dir", "generations")
 
 
 class ResumeError(UserError):
@@ -129,7 +130,7 @@ class SearchDriver:
 
     def _checkpoint(self, parent: str, state: GAState, populations: list) -> None:
         data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "search": self._search_settings(),
-                "ga": state.to_dict(), "populations": populations}
+                "units": [list(u) for u in self.units], "ga": state.to_dict(), "populations": populations}
         self.tracker.log_text(parent, json.dumps(data), CHECKPOINT)
 
     def _search_settings(self) -> dict:
@@ -166,6 +167,10 @@ class SearchDriver:
             was = ", ".join(f"search.{k}: {data['search'].get(k)!r} -> {now.get(k)!r}" for k in changed)
             raise ResumeError(f"--resume {parent}: search settings changed since it started ({was}); "
                               "resume with the same settings or start a new search")
+        if data.get("units") != [list(u) for u in self.units]:
+            # Fitnesses from other seeds would be ranked against these as if alike.
+            raise ResumeError(f"--resume {parent}: proxy.slice_seeds or tasks.finetune.seeds changed since "
+                              "it started; resume with the same seeds or start a new search")
         return state, populations
 
     def _log_generation(self, parent: str, state: GAState, populations: list) -> None:
@@ -196,8 +201,7 @@ class SearchDriver:
             return None, None
         genes, fitness = best
         mapping = Mapping(tuple(genes), self.n)
-        ev = self.evaluations.get(mapping.key) or self.cache.lookup(
-            mapping, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
+        ev = self._evaluation_of(mapping)
         versus = self._versus_uniform(ev)
         extra = {}
         if ev is not None and ev.fitness_ci_low is not None:
@@ -222,8 +226,29 @@ class SearchDriver:
         self.tracker.log_metrics(parent, metrics)
         return ev, versus
 
+    def _evaluation_of(self, mapping: Mapping) -> Evaluation | None:
+        """This search's record of ``mapping``: from this process, the cache, or its child run."""
+        from layersearch.fitness import summarize, unit_key
+        from layersearch.tracking import load_evaluation
+
+        ev = self.evaluations.get(mapping.key) or self.cache.lookup(
+            mapping, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
+        if ev is None and mapping.key in self.children:  # resumed with another cache_dir
+            ev = load_evaluation(self.tracker, self.children[mapping.key][0])
+            if ev is not None:
+                wanted = [unit_key(s, f) for s, f in self.units]
+                ev = summarize(ev.restricted(wanted), self.cfg.tasks.names, self.cfg.tasks.weights)
+        return ev
+
     def _versus_uniform(self, best: Evaluation | None):
-        """The winner minus TinyBERT's uniform mapping, paired, when the search evaluated both."""
+        """The winner minus TinyBERT's uniform mapping, paired, when the search evaluated both.
+
+        The winner was chosen as the best of every mapping evaluated, on these
+        same seeds, so its test is one of a family: Holm runs over every
+        evaluated mapping against uniform, which keeps "better" honest after
+        the selection (the difference itself still carries the winner's luck).
+        """
+        from layersearch.fitness import PairingError
         from layersearch.mapping import heuristic
 
         if best is None or not best.units:
@@ -231,12 +256,23 @@ class SearchDriver:
         uniform = heuristic("uniform", self.m, self.n)
         if uniform == best.mapping:
             return None
-        ref = self.evaluations.get(uniform.key) or self.cache.lookup(
-            uniform, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
+        ref = self._evaluation_of(uniform)
         if ref is None or not ref.ok or not ref.units:
             return None
-        return compare(("uniform", ref), [(str(best.mapping), best)], self.cfg.tasks.names,
-                       self.cfg.tasks.weights)[0]
+        family = []
+        for key in sorted(set(self.children) | set(self.evaluations)):
+            if key in (uniform.key, best.mapping.key):
+                continue
+            ev = self._evaluation_of(Mapping(tuple(int(g) for g in key.split(":")[1].split("-")), self.n))
+            if ev is not None and ev.ok and ev.units:
+                family.append((str(ev.mapping), ev))
+        try:
+            comparisons = compare(("uniform", ref), [(str(best.mapping), best), *family],
+                                  self.cfg.tasks.names, self.cfg.tasks.weights)
+        except PairingError as exc:  # e.g. evaluators that disagreed on the spec
+            self.on_event("warning", self.progress, {"message": f"no verdict against uniform: {exc}"})
+            return None
+        return comparisons[0]
 
     # --- the loop -------------------------------------------------------------
     def run(self, resume_run_id: str | None = None) -> SearchResult:
@@ -281,7 +317,7 @@ class SearchDriver:
                             priors[mapping.key] = partial
                 if todo:
                     if pool is None:
-                        pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources)
+                        pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources, self.spec)
 
                     def on_result(ev: Evaluation, fitness: dict = fitness) -> None:
                         self.ran += 1

@@ -41,13 +41,19 @@ def default_factory(cfg: Config):
 class EvaluatorActor:
     """Wrapped by ``ray.remote`` in the pool; plain class so tests can build it directly."""
 
-    def __init__(self, cfg: Config, factory: Callable[[Config], object]):
+    def __init__(self, cfg: Config, factory: Callable[[Config], object], spec: str | None = None):
         import ray
         import torch
 
         # One intra-op thread per CPU Ray granted: more threads than cores only contend.
         torch.set_num_threads(max(1, int(cfg.ray.num_cpus)))
         self.evaluator = factory(cfg)
+        mine = getattr(self.evaluator, "spec_key", None)
+        if spec and mine and mine != spec:
+            # Its results would be cached and compared as if they were the driver's.
+            raise RuntimeError(
+                f"this worker's proxy spec {mine} differs from the driver's {spec}: torch and transformers "
+                "versions, the teacher, and the task and corpus files must match on every node")
         try:
             node = ray.get_runtime_context().get_node_id()[:8]
         except Exception:  # outside Ray
@@ -122,12 +128,13 @@ class _Job:
 
 class EvaluatorPool:
     def __init__(self, cfg: Config, factory: Callable[[Config], object] | None = None,
-                 resources: dict | None = None):
+                 resources: dict | None = None, spec: str | None = None):
         import ray
 
         ensure_ray(cfg.ray)
         self.cfg = cfg
         self.factory = factory or default_factory
+        self.spec = spec  # the driver's spec key, which every evaluator must share
         # GPUs on a cluster; tests model them as a custom resource.
         options = {"num_cpus": cfg.ray.num_cpus, "num_gpus": cfg.ray.num_gpus, "max_restarts": 0}
         if resources:
@@ -143,7 +150,7 @@ class EvaluatorPool:
             self._start_actor()
 
     def _start_actor(self) -> None:
-        actor = self._actor_cls.remote(self.cfg, self.factory)
+        actor = self._actor_cls.remote(self.cfg, self.factory, self.spec)
         self.actors.add(actor)
         self.starting[actor.where_am_i.remote()] = actor
 

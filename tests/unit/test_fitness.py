@@ -28,7 +28,6 @@ SPEC_CHANGES = [
     ("proxy", "train", {"learning_rate": 1e-3}),
     ("proxy", "train", {"precision": "bf16"}),
     ("tasks", "names", ["sst2", "rte"]),
-    ("tasks", "weights", [1.0, 2.0, 1.0]),
     ("tasks", "finetune", {"train_examples": 100}),
 ]
 
@@ -47,6 +46,8 @@ def test_every_spec_field_changes_the_key(quickstart_raw, section, key, value):
     ("corpus", "cache_dir", "/elsewhere"), ("distill", "output_dir", "/elsewhere"),
     # Seeds choose which units an evaluation holds, not what a unit says.
     ("tasks", "finetune", {"seeds": [0, 1, 2]}), ("proxy", "slice_seeds", [0, 1]),
+    # Weights only combine units into a fitness, derived again on every read.
+    ("tasks", "weights", [1.0, 2.0]), ("proxy", "train", {"log_every": 5}),
 ])
 def test_fields_outside_the_spec_keep_the_key(quickstart_raw, section, key, value):
     base = spec_key(parse_config(quickstart_raw))
@@ -77,7 +78,7 @@ def test_key_follows_task_file_contents(quickstart_raw, shared_data, tmp_path):
     raw["tasks"]["source"] = str(glue)
     before = spec_key(parse_config(raw))
     assert before == spec_key(parse_config(quickstart_raw))  # same contents, another folder
-    dev = glue / "rte" / "dev.tsv"
+    dev = glue / "mrpc" / "dev.tsv"
     lines = dev.read_text().splitlines(keepends=True)
     dev.write_text("".join(lines[:-1]))  # one dev example fewer
     assert spec_key(parse_config(raw)) != before
@@ -91,6 +92,7 @@ def test_key_follows_the_teacher_directory_contents(quickstart_raw, tmp_path):
     raw = copy.deepcopy(quickstart_raw)
     raw["teacher"]["model"] = str(teacher)
     before = spec_key(parse_config(raw))
+    assert before == spec_key(parse_config(quickstart_raw))  # same files, another folder
     config = teacher / "config.json"
     config.write_text(config.read_text().replace('"layer_norm_eps": 1e-12', '"layer_norm_eps": 1e-11'))
     assert spec_key(parse_config(raw)) != before
@@ -101,8 +103,18 @@ def test_key_follows_library_versions(quickstart_raw, monkeypatch, library):
     module = __import__(library)
     cfg = parse_config(quickstart_raw)
     before = spec_key(cfg)
-    monkeypatch.setattr(module, "__version__", module.__version__ + ".post1")
+    monkeypatch.setattr(module, "__version__", "0.0.1")
     assert spec_key(cfg) != before
+
+
+def test_a_cpu_driver_and_gpu_workers_share_the_torch_version(quickstart_raw, monkeypatch):
+    import torch
+
+    cfg = parse_config(quickstart_raw)
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    cpu_build = spec_key(cfg, "cuda")
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cu128")
+    assert spec_key(cfg, "cuda") == cpu_build
 
 
 # --- records with units ------------------------------------------------------------
@@ -187,3 +199,6 @@ def test_cache_merges_units_and_answers_for_the_units_asked(tmp_path):
     assert partial is None and sorted(hit.units) == ["s0-f0", "s0-f2"] and hit.fitness_seeds == 2
     hit, partial = cache.lookup(m, [(0, 0), (1, 0)], ["a", "b"])
     assert hit is None and partial.missing(["s0-f0", "s1-f0"]) == ["s1-f0"]
+    # A deterministic failure while extending does not erase the proven units.
+    failed = Evaluation([2, 4, 6], 6, "spec1", status="failed: FinetuneDivergence: loss nan")
+    assert not cache.put(failed) and sorted(cache.get(m).units) == ["s0-f0", "s0-f1", "s0-f2"]

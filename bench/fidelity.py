@@ -1,0 +1,212 @@
+"""How much of a proxy fitness is signal: seed noise, slice noise, spread across mappings, ranking stability.
+
+    .venv/bin/python bench/fidelity.py                       # from the repository root
+    .venv/bin/python bench/fidelity.py --seeds 5 --slices 2 --set tasks.finetune.epochs=2
+
+Evaluates at least 8 mappings (uniform, last, lower, upper and seeded random
+ones) of the config's search space at a high fidelity (``--seeds`` fine-tune
+seeds x ``--slices`` proxy slices, 5 x 2 by default) on the quickstart
+teacher and data, then reads every figure off the per-seed units:
+
+- fine-tune seed sd: the spread of one unit's fitness between fine-tune seeds
+  on the same slice (pooled within slices, root mean square over mappings);
+- slice sd: the spread between proxy slices beyond what their fine-tune
+  seeds explain (variance components);
+- signal: the spread of the mappings' true fitness, i.e. the sd of their
+  high-fidelity means less what those means' own seed noise explains (the
+  dev set is the same for every mapping, so its noise is not subtracted);
+- signal-to-noise: signal over the noise of one cheap evaluation (one seed,
+  one slice), so 1 means a cheap evaluation's noise is as large as the
+  differences it is meant to rank;
+- Kendall tau between the ranking at the cheap budget (the first slice's
+  first seed, which is one of the high-fidelity units) and the ranking at
+  the high one, with the measured compute ratio of the two budgets.
+
+Per task it also prints how far above a constant predictor (Matthews 0) the
+students get and how much of the spread across mappings that task carries.
+Evaluations are cached (``search.cache_dir``): a second run, or a run with
+more seeds, reuses every unit it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from layersearch.config import load_config
+from layersearch.fitness import Evaluator, compare, interval_text, local_device, spec_key, summarize, units_of
+from layersearch.fitness.aggregate import task_weights, unit_fitness, unit_order
+from layersearch.fitness.record import unpack_labels
+from layersearch.fitness.stats import fitness_estimate, matthews
+from layersearch.mapping import HEURISTICS, heuristic
+from layersearch.models import load_teacher_config
+from layersearch.search.cache import EvaluationCache
+
+
+def mappings_for(cfg, n: int, count: int) -> list[tuple[str, object]]:
+    from layersearch.cli.evaluate import random_mappings
+
+    out = []
+    for name in HEURISTICS:
+        m = heuristic(name, cfg.student.num_layers, n)
+        if m not in [x for _, x in out]:
+            out.append((name, m))
+    for i, m in enumerate(random_mappings(cfg, 4 * count, n, seed=0)):
+        if len(out) >= count:
+            break
+        if m not in [x for _, x in out]:
+            out.append((f"random-{i}", m))
+    return out
+
+
+def evaluate(cfg, mappings, workers: int) -> list[tuple[str, object]]:
+    """Every mapping's high-fidelity evaluation: from the cache, extended, or run.
+
+    With several workers the runs go through the search's own Ray evaluator
+    pool, one single-threaded evaluator per core: small fine-tuning batches
+    use a core each better than two cores share one batch.
+    """
+    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device()))
+    units = units_of(cfg)
+    found, todo, priors = {}, [], {}
+    for label, m in mappings:
+        hit, partial = cache.lookup(m, units, cfg.tasks.names, cfg.tasks.weights)
+        if hit is not None:
+            found[m.key] = hit
+            print(f"  {label:10s} {str(m):12s} {interval_text(hit):32s} (cached)", flush=True)
+        else:
+            todo.append(m)
+            if partial is not None:
+                priors[m.key] = partial
+    labels = {m.key: label for label, m in mappings}
+    began = time.perf_counter()
+
+    def done(ev) -> None:
+        if not ev.ok:
+            raise SystemExit(f"{labels[ev.mapping.key]} {ev.mapping} failed: {ev.status}")
+        cache.put(ev)
+        found[ev.mapping.key] = summarize(ev, cfg.tasks.names, cfg.tasks.weights)
+        print(f"  {labels[ev.mapping.key]:10s} {str(ev.mapping):12s} {interval_text(ev):32s} "
+              f"({time.perf_counter() - began:.0f} s since start)", flush=True)
+
+    if todo and workers > 1:
+        from layersearch.search.pool import EvaluatorPool
+
+        pool_cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(
+            update={"num_evaluators": workers, "num_cpus": 1, "pack_size": 1, "address": None})})
+        pool = EvaluatorPool(pool_cfg, spec=spec_key(cfg, local_device()))
+        try:
+            pool.run(todo, done, priors=priors)
+        finally:
+            pool.shutdown()
+    elif todo:
+        evaluator = Evaluator(cfg)
+        for m in todo:
+            done(evaluator.evaluate(m, prior=priors.get(m.key)))
+    return [(label, found[m.key]) for label, m in mappings]
+
+
+def components(values: dict[str, float], units: dict) -> tuple[float, float, float]:
+    """(within-slice variance, between-slice variance component, fine-tune seeds per slice)."""
+    slices: dict[int, list[float]] = {}
+    for u, v in values.items():
+        slices.setdefault(units[u]["slice_seed"], []).append(v)
+    per = statistics.fmean(len(v) for v in slices.values())
+    if per < 2:
+        raise SystemExit("--seeds must be at least 2 to tell fine-tune seed noise from slice noise")
+    within = statistics.fmean(statistics.variance(v) for v in slices.values() if len(v) > 1)
+    if len(slices) < 2:
+        return within, math.nan, per
+    between = statistics.variance([statistics.fmean(v) for v in slices.values()]) - within / per
+    return within, max(0.0, between), per
+
+
+def cost(ev, units: list[str]) -> float:
+    """Seconds to compute these units from scratch: one distillation per slice, their fine-tunes."""
+    slices = {ev.units[u]["slice_seed"]: ev.units[u].get("distill_s", 0.0) for u in units}
+    return sum(slices.values()) + sum(t["seconds"] for u in units for t in ev.units[u]["tasks"].values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/quickstart.yaml")
+    ap.add_argument("--mappings", type=int, default=8, help="mappings to evaluate (at least 8)")
+    ap.add_argument("--seeds", type=int, default=5, help="fine-tune seeds at the high fidelity")
+    ap.add_argument("--slices", type=int, default=2, help="proxy slices at the high fidelity")
+    ap.add_argument("--workers", type=int, default=2, help="evaluators in parallel, one core each")
+    ap.add_argument("--set", action="append", default=[], help="dotted override KEY=VALUE")
+    args = ap.parse_args()
+    overrides = [*args.set, f"tasks.finetune.seeds={list(range(args.seeds))}",
+                 f"proxy.slice_seeds={list(range(args.slices))}"]
+    cfg = load_config(args.config, overrides)
+    names, weights = cfg.tasks.names, cfg.tasks.weights
+    n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    began = time.perf_counter()
+    print(f"fidelity of proxy fitness: {args.mappings} mappings x {args.slices} slices x {args.seeds} "
+          f"fine-tune seeds; tasks {names}; proxy {cfg.proxy.train.max_steps} steps; fine-tune "
+          f"{cfg.tasks.finetune.train_examples} examples x {cfg.tasks.finetune.epochs} epoch(s)", flush=True)
+    results = evaluate(cfg, mappings_for(cfg, n, args.mappings), args.workers)
+    cheap_unit = f"s{cfg.proxy.slice_seeds[0]}-f{cfg.tasks.finetune.seeds[0]}"
+
+    print(f"\n{'mapping':10s} {'genes':12s} {'high fidelity (95% interval)':34s} {'cheap':>7s} "
+          f"{'seed sd':>8s} {'slice sd':>8s}")
+    high, cheap, within, between, mean_se2, ratios = [], [], [], [], [], []
+    for label, ev in results:
+        values = unit_fitness(ev, names, weights)
+        w, b, per = components(values, ev.units)
+        high.append(ev.fitness)
+        cheap.append(values[cheap_unit])
+        within.append(w)
+        between.append(b)
+        est = fitness_estimate({t: ev.predictions(t, unit_order(ev)) for t in names},
+                               {t: unpack_labels(ev.dev_labels[t]) for t in names}, task_weights(names, weights),
+                               groups=[ev.units[u]["slice_seed"] for u in unit_order(ev)])
+        mean_se2.append(est.seed_se ** 2)
+        ratios.append(cost(ev, list(ev.units)) / cost(ev, [cheap_unit]))
+        print(f"{label:10s} {str(ev.mapping):12s} {interval_text(ev):34s} {values[cheap_unit]:7.4f} "
+              f"{math.sqrt(w):8.4f} {math.sqrt(b) if not math.isnan(b) else math.nan:8.4f}")
+
+    print("\nper task: mean Matthews over every unit of every mapping (0 = a constant predictor), "
+          "its sd across mappings and the mean seed sd")
+    for t in names:
+        labels = unpack_labels(results[0][1].dev_labels[t])
+        per_mapping = [[matthews(r, labels) for r in ev.predictions(t, list(ev.units))] for _, ev in results]
+        means = [statistics.fmean(v) for v in per_mapping]
+        seed_sd = math.sqrt(statistics.fmean(statistics.variance(v) for v in per_mapping))
+        raw = [ev.metrics[next(k for k in ev.metrics if k.startswith(f"{t}/"))] for _, ev in results]
+        print(f"  {t:6s} mean {statistics.fmean(means):.3f}  across mappings sd {statistics.stdev(means):.3f}  "
+              f"seed sd {seed_sd:.3f}  raw {statistics.fmean(raw):.3f} vs majority "
+              f"{results[0][1].majority[t]:.3f}")
+
+    ref = next(ev for label, ev in results if label == "uniform")
+    verdicts = compare(("uniform", ref), [(label, ev) for label, ev in results if label != "uniform"], names,
+                       weights)
+    print("\nagainst uniform, paired, Holm-corrected:")
+    for c in verdicts:
+        print(f"  {c.text()}")
+
+    ft_sd = math.sqrt(statistics.fmean(within))
+    slice_sd = math.sqrt(statistics.fmean(between)) if not any(math.isnan(b) for b in between) else math.nan
+    spread_sd = statistics.stdev(high)
+    # What the high-fidelity means' own seed noise leaves of their spread: the true signal.
+    signal_sd = math.sqrt(max(0.0, spread_sd ** 2 - statistics.fmean(mean_se2)))
+    cheap_noise = math.sqrt(ft_sd ** 2 + (0.0 if math.isnan(slice_sd) else slice_sd ** 2))
+    tau = kendalltau(cheap, high).statistic
+    print(f"\nfine-tune seed sd (one evaluation): {ft_sd:.4f}")
+    print(f"proxy slice sd (component): {slice_sd:.4f}")
+    print(f"spread of mean fitness across mappings: sd {spread_sd:.4f}, range {max(high) - min(high):.4f}; "
+          f"signal sd after its own noise: {signal_sd:.4f}")
+    print(f"verdicts against uniform: {sum(c.verdict != 'indistinguishable' for c in verdicts)} of "
+          f"{len(verdicts)} distinguishable")
+    print(f"wall time {time.perf_counter() - began:.0f} s")
+    print(f"signal-to-noise: {signal_sd / cheap_noise:.2f}")
+    print(f"kendall tau cheap vs high fidelity: {tau:.2f} (compute ratio {np.median(ratios):.1f})")
+
+
+if __name__ == "__main__":
+    main()

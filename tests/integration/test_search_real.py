@@ -1,0 +1,59 @@
+"""A search on the real offline teacher and data, tiny budgets: verdicts, export, show --against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from layersearch.cli import app
+from layersearch.fitness.stats import VERDICTS
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_search(quickstart_raw, write_config, tmp_path):
+    raw = quickstart_raw
+    raw["proxy"]["slice_blocks"] = 64
+    raw["proxy"]["train"].update(max_steps=3, batch_size=8)
+    raw["tasks"]["finetune"].update(train_examples=64, dev_examples=64, batch_size=16, seeds=[0, 1])
+    raw["search"].update(population=4, generations=1, cache_dir=str(tmp_path / "evaluations"))
+    raw["ray"].update(num_evaluators=1, num_cpus=1)
+    yield raw, write_config(raw)
+    ray.shutdown()
+
+
+def test_search_states_its_verdict_and_show_compares_against_uniform(tiny_search, tmp_path):
+    raw, path = tiny_search
+    exported = tmp_path / "best.json"
+    out = runner.invoke(app, ["search", str(path), "--export", str(exported)])
+    assert out.exit_code == 0, out.output
+    assert "verdict:" in out.stdout and " ± " in out.stdout
+    record = json.loads(exported.read_text())
+    run_id = record["search_run_id"]
+    client = MlflowClient(raw["tracking"]["uri"])
+    parent = client.get_run(run_id)
+    low, high = record["fitness_ci"]
+    assert low <= record["fitness"] <= high and record["fitness_seeds"] == 2
+    if record["genes"] == [2, 4, 6]:  # the winner is uniform itself: nothing to compare
+        assert "is the uniform mapping" in out.stdout
+    else:
+        assert record["versus_uniform"]["verdict"] in VERDICTS
+        assert parent.data.tags["verdict"] == record["versus_uniform"]["verdict"]
+        m = parent.data.metrics
+        assert m["winner_minus_uniform_ci_low"] <= m["winner_minus_uniform"] <= m["winner_minus_uniform_ci_high"]
+
+    shown = runner.invoke(app, ["show", str(exported), "--tracking-uri", raw["tracking"]["uri"],
+                                "--against", "uniform"])
+    assert shown.exit_code == 0, shown.output
+    verdict_lines = [x for x in shown.stdout.splitlines() if " vs uniform: " in x]
+    assert len(verdict_lines) == 3 and all(x.split("-> ")[-1] in VERDICTS for x in verdict_lines)
+    exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
+    compares = client.search_runs([exp.experiment_id], "tags.`layersearch.kind` = 'compare'")
+    assert len(compares) == 1 and compares[0].data.tags["mlflow.parentRunId"] == run_id
+    assert compares[0].info.status == "FINISHED"
