@@ -22,7 +22,8 @@ def tiny(raw: dict) -> dict:
     """The quickstart spec with budgets cut to seconds: same code path, smaller numbers."""
     raw["proxy"]["slice_blocks"] = 64
     raw["proxy"]["train"].update(max_steps=3, batch_size=8)
-    raw["tasks"]["finetune"].update(train_examples=64, dev_examples=64, batch_size=16)
+    raw["tasks"]["finetune"].update(train_examples=64, dev_examples=64, batch_size=16, seeds=[0])
+    raw["tasks"]["names"] = ["sst2", "mrpc", "rte"]  # every task layout: one sentence, pairs, text labels
     raw["search"]["cache_dir"] = raw["corpus"]["cache_dir"] + "-evaluations"
     return raw
 
