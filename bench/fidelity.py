@@ -40,9 +40,9 @@ from scipy.stats import kendalltau
 
 from layersearch.config import load_config
 from layersearch.fitness import Evaluator, compare, interval_text, local_device, spec_key, summarize, units_of
-from layersearch.fitness.aggregate import task_weights, unit_fitness, unit_order
+from layersearch.fitness.aggregate import task_scores, task_weights, unit_fitness, unit_order
 from layersearch.fitness.record import unpack_labels
-from layersearch.fitness.stats import fitness_estimate, matthews
+from layersearch.fitness.stats import fitness_estimate
 from layersearch.mapping import HEURISTICS, heuristic
 from layersearch.models import load_teacher_config
 from layersearch.search.cache import EvaluationCache
@@ -173,9 +173,9 @@ def main() -> None:
 
     print("\nper task: mean Matthews over every unit of every mapping (0 = a constant predictor), "
           "its sd across mappings and the mean seed sd")
+    scores = [task_scores(ev, names) for _, ev in results]
     for t in names:
-        labels = unpack_labels(results[0][1].dev_labels[t])
-        per_mapping = [[matthews(r, labels) for r in ev.predictions(t, list(ev.units))] for _, ev in results]
+        per_mapping = [s[t] for s in scores]
         means = [statistics.fmean(v) for v in per_mapping]
         seed_sd = math.sqrt(statistics.fmean(statistics.variance(v) for v in per_mapping))
         raw = [ev.metrics[next(k for k in ev.metrics if k.startswith(f"{t}/"))] for _, ev in results]

@@ -144,13 +144,10 @@ def _run_id(arg: str) -> str:
 
 
 def _fitness_cell(metrics: dict) -> str:
-    fit = metrics.get("fitness")
-    if fit is None:
-        return "-"
-    if "fitness_ci_low" not in metrics:
-        return f"{fit:.4f}"
-    half = (metrics["fitness_ci_high"] - metrics["fitness_ci_low"]) / 2
-    return f"{fit:.4f} ± {half:.4f} ({int(metrics.get('fitness_seeds', 0))})"
+    from layersearch.fitness.aggregate import format_interval
+
+    return format_interval(metrics.get("fitness"), metrics.get("fitness_ci_low"), metrics.get("fitness_ci_high"),
+                           int(metrics.get("fitness_seeds", 0)))
 
 
 def _genes(child) -> list[int]:

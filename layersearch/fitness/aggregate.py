@@ -35,11 +35,10 @@ def summarize(ev: Evaluation, names: list[str], weights: list[float] | None = No
     units = unit_order(ev)
     labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
     preds = {t: ev.predictions(t, units) for t in names}
-    w = task_weights(names, weights)
-    est = fitness_estimate(preds, labels, w, groups=[ev.units[u]["slice_seed"] for u in units])
-    per_task = {t: [matthews(row, labels[t]) for row in preds[t]] for t in names}
-    total = sum(w.values())
-    per_unit = [sum(w[t] * per_task[t][i] for t in names) / total for i in range(len(units))]
+    est = fitness_estimate(preds, labels, task_weights(names, weights),
+                           groups=[ev.units[u]["slice_seed"] for u in units])
+    per_task = task_scores(ev, names)
+    per_unit = list(unit_fitness(ev, names, weights, per_task).values())
     ev.fitness, ev.fitness_ci_low, ev.fitness_ci_high = est.mean, est.low, est.high
     ev.fitness_seeds = len(units)
     ev.fitness_std = statistics.stdev(per_unit) if len(per_unit) > 1 else 0.0
@@ -55,15 +54,19 @@ def summarize(ev: Evaluation, names: list[str], weights: list[float] | None = No
 
 def interval_text(ev: Evaluation) -> str:
     """``0.4123 ± 0.0310 (3 seeds)``: the mean, the 95% interval's half-width and the evidence."""
-    if ev.fitness is None:
+    return format_interval(ev.fitness, ev.fitness_ci_low, ev.fitness_ci_high, ev.fitness_seeds)
+
+
+def format_interval(fitness: float | None, low: float | None, high: float | None, seeds: int) -> str:
+    """``interval_text`` from its numbers (an MLflow run's metrics, say)."""
+    if fitness is None:
         return "-"
-    if ev.fitness_ci_low is None or ev.fitness_ci_high is None:
-        return f"{ev.fitness:.4f}"
-    half = (ev.fitness_ci_high - ev.fitness_ci_low) / 2
-    n = ev.fitness_seeds
-    if n == 1:  # the seed noise is not measured: the interval is the dev set's alone
-        return f"{ev.fitness:.4f} ± {half:.4f} (1 seed, dev set only)"
-    return f"{ev.fitness:.4f} ± {half:.4f} ({n} seeds)"
+    if low is None or high is None:
+        return f"{fitness:.4f}"
+    half = (high - low) / 2
+    if seeds == 1:  # the seed noise is not measured: the interval is the dev set's alone
+        return f"{fitness:.4f} ± {half:.4f} (1 seed, dev set only)"
+    return f"{fitness:.4f} ± {half:.4f} ({seeds} seeds)"
 
 
 @dataclass
@@ -119,11 +122,17 @@ def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluatio
             for (label, _), e, p in zip(others, estimates, adjusted, strict=True)]
 
 
-def unit_fitness(ev: Evaluation, names: list[str], weights: list[float] | None = None) -> dict[str, float]:
-    """Each unit's fitness, by unit key (for benches and plots)."""
+def task_scores(ev: Evaluation, names: list[str]) -> dict[str, list[float]]:
+    """Each task's chance-corrected score per unit, units in ``unit_order``."""
+    units = unit_order(ev)
+    labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
+    return {t: [matthews(row, labels[t]) for row in ev.predictions(t, units)] for t in names}
+
+
+def unit_fitness(ev: Evaluation, names: list[str], weights: list[float] | None = None,
+                 scores: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Each unit's fitness, by unit key; ``scores`` are ``task_scores`` if already at hand."""
     w = task_weights(names, weights)
     total = sum(w.values())
-    labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
-    return {u: sum(w[t] * matthews(ev.predictions(t, [u])[0], labels[t]) for t in names) / total
-            for u in unit_order(ev)}
-
+    scores = scores or task_scores(ev, names)
+    return {u: sum(w[t] * scores[t][i] for t in names) / total for i, u in enumerate(unit_order(ev))}

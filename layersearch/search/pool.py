@@ -76,8 +76,7 @@ class EvaluatorActor:
         mappings = [Mapping(tuple(g), num_teacher_layers) for g in genes]
         records = [None if p is None else Evaluation.from_dict(p) for p in (priors or [None] * len(genes))]
         if hasattr(self.evaluator, "evaluate_pack"):
-            evs = (self.evaluator.evaluate_pack(mappings, records) if any(records)
-                   else self.evaluator.evaluate_pack(mappings))
+            evs = self.evaluator.evaluate_pack(mappings, records)
         else:  # an evaluator without packing evaluates them in turn
             evs = [self.evaluator.evaluate(m) if r is None else self.evaluator.evaluate(m, prior=r)
                    for m, r in zip(mappings, records, strict=True)]
