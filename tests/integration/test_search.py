@@ -190,6 +190,8 @@ def test_pool_dispatches_packs(quickstart_raw, tmp_path):
     raw["ray"]["pack_size"] = 3
     cfg = parse_config(raw)
     pool = EvaluatorPool(cfg, fitness_double.factory(str(tmp_path / "markers"), delay=0.1))
+    # Both actors up before dispatch: otherwise the first to start may take every pack (a race, seen in CI).
+    ray.get(list(pool.starting))
     started = []
     mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6), (1, 3, 6)]]
     results = pool.run(mappings, lambda ev: None, lambda kind, m: started.append((kind, m.genes)))
