@@ -180,6 +180,11 @@ class ProxyConfig(Strict):
     # and its own distillation random stream (train.seed + this seed). A fitness
     # averages over every slice x every fine-tune seed.
     slice_seeds: list[int] = [0]
+    # Which teacher layers initialise the proxy student when student.init.layers
+    # is "mapping": a fixed choice (a heuristic or a list), so fitness ranks what
+    # the genes supervise rather than which layers they copy; "mapping" couples
+    # the two again. A mapping that carries init genes (search.search_init) wins.
+    init_layers: Literal[LAYER_CHOICES] | list[PosInt] = "uniform"  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()
 
     @model_validator(mode="before")
@@ -250,10 +255,44 @@ class DistillConfig(Strict):
     output_dir: str = "outputs/student"
 
 
+class RacingConfig(Strict):
+    """Successive halving over fidelity rungs inside each generation.
+
+    Rung r scores a candidate on the first ``seeds[r]`` fine-tune seeds of
+    ``tasks.finetune.seeds`` (and the first ``slices[r]`` of
+    ``proxy.slice_seeds``); the last rung is every seed. Every new candidate
+    gets the first rung; the best 1/``reduction`` of a generation (those not
+    clearly worse by their intervals) go up a rung, reusing the seeds already run.
+    """
+
+    seeds: list[PosInt] = [1]
+    slices: list[PosInt] | None = None  # default: every slice seed at every rung
+    reduction: Annotated[float, Field(gt=1)] = 2.0
+
+    @model_validator(mode="after")
+    def _growing(self) -> RacingConfig:
+        if not self.seeds:
+            raise ValueError("racing.seeds: give the fine-tune seeds of each rung, e.g. [1, 3]")
+        rungs = list(zip(self.seeds, self.slices or self.seeds, strict=False))
+        if self.slices is not None and len(self.slices) != len(self.seeds):
+            raise ValueError(f"racing.slices has {len(self.slices)} rungs, racing.seeds {len(self.seeds)}")
+        for (a, sa), (b, sb) in zip(rungs, rungs[1:], strict=False):
+            if b < a or (self.slices is not None and sb < sa) or (a, sa) == (b, sb):
+                raise ValueError(f"racing: each rung must add seeds or slices to the one before ({self.seeds}"
+                                 + (f", slices {self.slices})" if self.slices else ")"))
+        return self
+
+
 class SearchConfig(Strict):
     population: Annotated[int, Field(ge=2)] = 8
     generations: PosInt = 4
-    strategy: Literal["simple", "mu_plus_lambda"] = "simple"
+    # ga: the DEAP genetic algorithm; exhaustive: every genome of the constrained
+    # space; random: the baseline any search must beat, with the same budget;
+    # auto: exhaustive when the space holds no more genomes than the budget, else ga.
+    strategy: Literal["auto", "ga", "exhaustive", "random"] = "auto"
+    # First-rung evaluations the search may spend; None = population x generations.
+    budget: PosInt | None = None
+    variant: Literal["simple", "mu_plus_lambda"] = "simple"  # the GA's loop (DEAP eaSimple or eaMuPlusLambda)
     offspring: PosInt | None = None  # lambda for mu_plus_lambda; default = population
     crossover: Literal["uniform", "one_point"] = "uniform"
     cxpb: Prob = 0.6
@@ -270,9 +309,26 @@ class SearchConfig(Strict):
     # generation spends its (expensive) evaluations on new mappings.
     novelty: bool = True
     seed: int = 0
+    # Search "which teacher layer initialises student layer m" too, as a second
+    # chromosome (logged as init_1..init_M); otherwise the init is fixed by
+    # proxy.init_layers (or student.init.layers when that names the layers).
+    search_init: bool = False
+    racing: RacingConfig | None = None  # None: every evaluation runs every seed
+    # The final race: the search's top mappings and the heuristics, at the top rung.
+    final_race: NonNegInt = 3
     # Finished evaluations by (proxy spec, mapping), shared by every search and
     # `layersearch evaluate` that uses the same proxy spec.
     cache_dir: str = "proxy_data/evaluations"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_strategy(cls, data: Any) -> Any:
+        # Before strategies named search methods, "strategy" chose the GA's loop.
+        if isinstance(data, dict) and data.get("strategy") in ("simple", "mu_plus_lambda"):
+            if "variant" in data:
+                raise ValueError("give search.variant only (strategy: simple|mu_plus_lambda is its old form)")
+            data = {**data, "strategy": "ga", "variant": data["strategy"]}
+        return data
 
 
 class RayConfig(Strict):
@@ -322,6 +378,20 @@ class Config(Strict):
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _rungs_fit_the_seeds(self) -> Config:
+        racing = self.search.racing
+        if racing is None:
+            return self
+        n_ft, n_sl = len(self.tasks.finetune.seeds), len(self.proxy.slice_seeds)
+        if racing.seeds[-1] != n_ft or max(racing.seeds) > n_ft:
+            raise ValueError(f"search.racing.seeds: {racing.seeds} must rise to the {n_ft} seed(s) of "
+                             "tasks.finetune.seeds at the last rung (the top rung runs every seed)")
+        if racing.slices is not None and (racing.slices[-1] != n_sl or max(racing.slices) > n_sl):
+            raise ValueError(f"search.racing.slices: {racing.slices} must rise to the {n_sl} seed(s) of "
+                             "proxy.slice_seeds at the last rung")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -20,6 +20,7 @@ report are 0-based tensor indices; teacher layers are 1-based as in a mapping.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Iterable
 
@@ -100,7 +101,16 @@ def init_student(
 def seed_layers(
     cfg: InitConfig, mapping: Mapping | None, num_student: int, num_teacher: int
 ) -> list[int]:
-    """The 1-based teacher layer that seeds each student layer."""
+    """The 1-based teacher layer that seeds each student layer.
+
+    A mapping that names its init layers (searched as genes, or saved by a
+    search with the init it was scored with) decides; otherwise ``cfg.layers``.
+    """
+    if mapping is not None and mapping.init is not None:
+        if len(mapping.init) != num_student or max(mapping.init) > num_teacher:
+            raise InitError(f"mapping init {list(mapping.init)} does not fit a {num_student}-layer student "
+                            f"of a {num_teacher}-layer teacher")
+        return list(mapping.init)
     layers = cfg.layers
     if isinstance(layers, list):
         if len(layers) != num_student or not all(1 <= t <= num_teacher for t in layers):
@@ -115,6 +125,15 @@ def seed_layers(
     # A 0 gene supervises nothing, but its student layer still needs weights.
     uniform = heuristic("uniform", num_student, num_teacher).genes
     return [g or u for g, u in zip(mapping.genes, uniform, strict=True)]
+
+
+def proxy_init_config(cfg) -> InitConfig:
+    """The student init a proxy evaluation uses: ``proxy.init_layers`` stands in for
+    ``student.init.layers: mapping``, so the searched genes choose supervision only."""
+    init = cfg.student.init
+    if init.layers == "mapping" and cfg.proxy.init_layers != "mapping":
+        init = init.model_copy(update={"layers": copy.deepcopy(cfg.proxy.init_layers)})
+    return init
 
 
 @register("random")

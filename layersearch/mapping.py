@@ -29,10 +29,17 @@ class MappingError(UserError):
 class Mapping:
     genes: tuple[int, ...]
     num_teacher_layers: int
+    # The teacher layer (1-based) each student layer is initialised from, when the
+    # mapping names it (searched with search.search_init, or saved by a search);
+    # None leaves the choice to student.init.layers.
+    init: tuple[int, ...] | None = None
 
     def __post_init__(self):
         validate_genes(tuple(self.genes), self.num_teacher_layers)
         object.__setattr__(self, "genes", tuple(int(g) for g in self.genes))
+        if self.init is not None:
+            validate_init(tuple(self.init), self.num_teacher_layers, len(self.genes))
+            object.__setattr__(self, "init", tuple(int(g) for g in self.init))
 
     @property
     def num_student_layers(self) -> int:
@@ -48,11 +55,24 @@ class Mapping:
 
     @property
     def key(self) -> str:
-        """Stable text key, e.g. ``6:2-4-6`` (teacher depth, then genes)."""
-        return f"{self.num_teacher_layers}:" + "-".join(str(g) for g in self.genes)
+        """Stable text key, e.g. ``6:2-4-6`` (teacher depth, then genes), ``6:2-4-6_init-1-3-6`` with init."""
+        key = f"{self.num_teacher_layers}:" + "-".join(str(g) for g in self.genes)
+        return key + ("_init-" + "-".join(str(g) for g in self.init) if self.init is not None else "")
 
     def __str__(self) -> str:
-        return "[" + ", ".join(str(g) for g in self.genes) + "]"
+        text = "[" + ", ".join(str(g) for g in self.genes) + "]"
+        return text + (" init [" + ", ".join(str(g) for g in self.init) + "]" if self.init is not None else "")
+
+    @classmethod
+    def from_key(cls, key: str) -> Mapping:
+        """The mapping a ``key`` names (its inverse)."""
+        depth, _, rest = key.partition(":")
+        genes, _, init = rest.partition("_init-")
+        return cls(tuple(int(g) for g in genes.split("-")), int(depth),
+                   tuple(int(g) for g in init.split("-")) if init else None)
+
+    def with_init(self, init) -> Mapping:
+        return Mapping(self.genes, self.num_teacher_layers, None if init is None else tuple(init))
 
     def to_json(self, teacher: str, objective: list[str] | None = None, **extra) -> dict:
         return {
@@ -61,6 +81,7 @@ class Mapping:
             "num_teacher_layers": self.num_teacher_layers,
             "num_student_layers": self.num_student_layers,
             "genes": list(self.genes),
+            **({"init": list(self.init)} if self.init is not None else {}),
             "objective": objective or [],
             **extra,
         }
@@ -86,6 +107,16 @@ def validate_genes(genes, num_teacher_layers: int, num_student_layers: int | Non
             )
     if all(g == 0 for g in genes):
         raise MappingError("mapping: every gene is 0, so no student layer is supervised")
+
+
+def validate_init(init, num_teacher_layers: int, num_student_layers: int) -> None:
+    if len(init) != num_student_layers:
+        raise MappingError(f"mapping: {len(init)} init layers for a {num_student_layers}-layer student; "
+                           f"give exactly {num_student_layers}")
+    for m, g in enumerate(init, start=1):
+        if not isinstance(g, numbers.Integral) or isinstance(g, bool) or not 1 <= g <= num_teacher_layers:
+            raise MappingError(f"mapping: init layer {m} is {g!r}, outside 1..{num_teacher_layers} "
+                               "(every student layer is initialised from a teacher layer)")
 
 
 def heuristic(name: str, num_student_layers: int, num_teacher_layers: int) -> Mapping:
@@ -149,10 +180,10 @@ def load_mapping(path: str | Path) -> tuple[Mapping, dict]:
         raise MappingError(
             f"mapping: {path} has format_version {version!r}; this layersearch reads {MAPPING_FORMAT_VERSION}"
         )
-    genes = data["genes"]
-    if not isinstance(genes, list):
-        raise MappingError(f"mapping: {path} 'genes' must be a list")
-    return Mapping(tuple(genes), int(data["num_teacher_layers"])), data
+    genes, init = data["genes"], data.get("init")
+    if not isinstance(genes, list) or not isinstance(init, list | None):
+        raise MappingError(f"mapping: {path} 'genes' and 'init' must be lists")
+    return Mapping(tuple(genes), int(data["num_teacher_layers"]), None if init is None else tuple(init)), data
 
 
 def resolve_mapping(spec: str, num_student_layers: int, num_teacher_layers: int) -> Mapping:

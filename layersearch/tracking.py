@@ -142,11 +142,12 @@ class Tracker:
         self.log_text(run_id, json.dumps(data, indent=2), name)
 
 
-def log_evaluation(tracker: Tracker, run_id: str, ev, cached: bool = False) -> None:
+def log_evaluation(tracker: Tracker, run_id: str, ev, cached: bool = False, step: int | None = None) -> None:
     """One evaluation's record: genes as params; scores, interval and baselines as metrics;
     curves; status tags; and the whole record (per-seed dev predictions) as ``evaluation.json``,
     so intervals and paired comparisons can be recomputed from the store alone."""
     params = {f"gene_{m}": g for m, g in enumerate(ev.genes, 1)}
+    params.update({f"init_{m}": g for m, g in enumerate(ev.init or [], 1)})
     params.update(mapping=ev.mapping.key, spec_key=ev.spec_key)
     tracker.log_params(run_id, params)
     metrics = {f"score/{k}": v for k, v in ev.scores.items()}  # chance-corrected (Matthews)
@@ -160,7 +161,8 @@ def log_evaluation(tracker: Tracker, run_id: str, ev, cached: bool = False) -> N
         if ev.fitness_ci_low is not None:
             metrics.update(fitness_ci_low=ev.fitness_ci_low, fitness_ci_high=ev.fitness_ci_high,
                            fitness_seeds=ev.fitness_seeds)
-    tracker.log_metrics(run_id, metrics)
+    # A racing promotion logs the same run again one rung up: the step is the rung.
+    tracker.log_metrics(run_id, metrics, step=step or 0)
     tracker.log_series(run_id, ev.curves)
     tracker.set_tags(run_id, {"layersearch.status": ev.status, "layersearch.worker": ev.worker,
                               "layersearch.evaluation": ev.key, "layersearch.cached": cached})

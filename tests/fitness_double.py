@@ -13,6 +13,7 @@ replacement evaluator has really taken work instead of racing it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -71,3 +72,71 @@ def factory(marker_dir: str | None = None, delay: float = 0.0, fail_on=None, hol
 
     return functools.partial(LandscapeEvaluator, marker_dir=marker_dir, delay=delay, fail_on=fail_on,
                              hold_dir=hold_dir)
+
+
+class UnitLandscapeEvaluator:
+    """A stand-in that keeps units like the real evaluator: per (slice, fine-tune seed) dev
+    predictions on two binary tasks, more of them right the closer the mapping is to TARGET,
+    with seeded per-unit noise. Each unit it runs leaves a marker file, so tests count fine-tunes;
+    it honours ``prior`` (units not run again) and ``units`` (a racing rung's subset)."""
+
+    DEV = 120
+
+    def __init__(self, cfg, marker_dir: str | None = None, noise: float = 0.06, delay: float = 0.0):
+        from layersearch.fitness import units_of
+
+        self.delay = delay
+        self.cfg = cfg
+        self.spec = spec_key(cfg)
+        self.every = units_of(cfg)
+        self.marker_dir = Path(marker_dir) if marker_dir else None
+        self.noise = noise
+
+    def evaluate(self, mapping, prior=None, units=None, progress: bool = False) -> Evaluation:
+        import numpy as np
+
+        from layersearch.fitness import summarize, unit_key
+        from layersearch.fitness.record import pack_labels
+
+        wanted = [tuple(u) for u in (units or self.every)]
+        labels = {t: np.arange(self.DEV) % 2 for t in self.cfg.tasks.names}
+        ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec,
+                        init=None if mapping.init is None else list(mapping.init),
+                        dev_labels={t: pack_labels(y) for t, y in labels.items()},
+                        majority={t: 0.5 for t in labels})
+        if prior is not None and prior.ok:
+            ev.units = {k: v for k, v in prior.units.items() if k in {unit_key(*u) for u in wanted}}
+        distance = sum((g - t) ** 2 for g, t in zip(mapping.genes, TARGET, strict=True))
+        if mapping.init is not None:  # init genes matter too: closest at TARGET as well
+            distance += sum((g - t) ** 2 for g, t in zip(mapping.init, TARGET, strict=True)) / 2
+        quality = 0.5 + 0.45 / (1.0 + distance)  # the chance of a right prediction, before noise
+        for s, f in wanted:
+            key = unit_key(s, f)
+            if key in ev.units:
+                continue
+            time.sleep(self.delay)
+            if self.marker_dir is not None:
+                self.marker_dir.mkdir(parents=True, exist_ok=True)
+                marker = self.marker_dir / f"finetune-{mapping.key.replace(':', '_')}-{key}"
+                if marker.exists():  # a unit run twice leaves a visible twin
+                    marker = marker.with_name(marker.name + f".again-{os.getpid()}-{time.time_ns()}")
+                marker.write_text(str(os.getpid()))
+            # Seeded by content, not hash(): the same unit gives the same noise in every process.
+            seed = int(hashlib.sha256(f"{mapping.key}|{s}|{f}".encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng(seed)
+            p_right = min(0.99, max(0.01, quality + rng.normal(0, self.noise)))
+            tasks = {}
+            for t, y in labels.items():
+                right = rng.random(self.DEV) < p_right
+                pred = np.where(right, y, 1 - y)
+                tasks[t] = {"predictions": pack_labels(pred), "metrics": {"accuracy": float(right.mean())},
+                            "seconds": 0.01, "steps": 1}
+            ev.units[key] = {"slice_seed": s, "finetune_seed": f, "distill_s": 0.01, "tasks": tasks}
+        ev.timings = {"distill_s": 0.01, "total_s": 0.02}
+        return summarize(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
+
+
+def unit_factory(marker_dir: str | None = None, noise: float = 0.06, delay: float = 0.0):
+    import functools
+
+    return functools.partial(UnitLandscapeEvaluator, marker_dir=marker_dir, noise=noise, delay=delay)

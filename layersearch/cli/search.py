@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -17,26 +16,104 @@ RunIdArg = Annotated[str, typer.Argument(help="MLflow run id of a search, or a m
 UriOpt = Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI")]
 
 
-def _line(kind: str, p, info: dict) -> None:
-    elapsed = time.perf_counter() - p.started
-    best = "-" if p.best is None else f"{p.best:.4f} {p.best_genes}"
-    head = (f"[dim]{elapsed:6.0f}s[/] gen {p.generation + 1}/{p.generations} | done {p.done} "
-            f"running {p.running} cached {p.cached} failed {p.failed} | best {best}")
-    if kind == "start":
+class SearchDisplay:
+    """Live progress like Ray Tune's status table: on a terminal a panel redrawn in
+    place; elsewhere (CI logs, files) one line per finished evaluation, each with the ETA."""
+
+    def __init__(self, live: bool | None = None):
+        self.live_wanted = console.is_terminal if live is None else live
+        self.live = None
+        self.recent: list[str] = []
+
+    # --- what is said -----------------------------------------------------------
+    @staticmethod
+    def status(p) -> str:
+        from layersearch.fitness.aggregate import format_interval
+        from layersearch.search.progress import duration
+
+        best = "-" if p.best is None else (f"{p.best_genes} "
+                                           + format_interval(p.best, p.best_low, p.best_high, p.best_seeds))
+        rate = p.per_hour()
+        return (f"{p.where()} | done {p.done} running {p.running} queued {p.queued} "
+                f"(cached {p.cached}, failed {p.failed}) | best {best} | "
+                f"{'-' if rate is None else f'{rate:.0f}'}/h | elapsed {duration(p.elapsed)} ETA {duration(p.eta())}")
+
+    def panel(self, p):
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(Text(self.status(p)), *[Text(f"  {r}") for r in self.recent[-6:]])
+
+    def say(self, text: str, p=None) -> None:
+        if self.live is not None:
+            self.live.console.print(text, highlight=False, soft_wrap=True)
+            if p is not None:
+                self.live.update(self.panel(p))
+        else:
+            console.print(text, highlight=False, soft_wrap=True)
+
+    # --- events from the driver -------------------------------------------------------
+    def __call__(self, kind: str, p, info: dict) -> None:
+        if kind == "start":
+            self._start(p, info)
+        elif kind in ("done", "cached"):
+            fit = "failed" if info["fitness"] is None else self._fit(info)
+            note = "" if info["fitness"] is not None else f" ({info['status']})"
+            line = f"{kind} {info['genes']} -> {fit}{note}"
+            self.recent.append(line)
+            if self.live is not None:
+                self.live.update(self.panel(p))
+            elif kind == "done":  # one line per evaluation run, with the ETA, for logs
+                console.print(f"{self.status(p)} | {line}", highlight=False, soft_wrap=True)
+        elif kind == "warning":
+            self.say(f"[yellow]{info['message']}[/]", p)
+        elif kind == "retry":
+            self.say(f"[yellow]worker lost, retrying {info['genes']}[/]", p)
+        elif kind == "rung":
+            self.say(f"[dim]{p.where()}: {info['to_run']} of {info['entrants']} to run[/]", p)
+        elif kind == "elites":
+            self.say(f"hall of fame: promoting {info['genomes']} to every seed before calling any best", p)
+        elif kind == "final":
+            self.say(f"[bold]final race[/] at every seed: {', '.join(info['mappings'])}", p)
+        elif kind == "generation":
+            r = info["record"]
+            if r.get("best") is not None:
+                self.say(f"[bold]generation {r['gen'] + 1}[/]: best {r['best']:.4f} mean {r['mean']:.4f} "
+                         f"std {r['std']:.4f} ({r['evaluated']} evaluated)", p)
+        elif kind == "started" and self.live is not None:
+            self.live.update(self.panel(p))
+
+    @staticmethod
+    def _fit(info: dict) -> str:
+        from layersearch.fitness.aggregate import format_interval
+
+        return format_interval(info["fitness"], info.get("low"), info.get("high"), info.get("seeds", 0))
+
+    def _start(self, p, info: dict) -> None:
         console.print(f"search run [bold]{info['run_id']}[/]" + (" (resumed)" if info["resumed"] else ""))
-    elif kind in ("done", "cached"):
-        fit = "failed" if info["fitness"] is None else f"{info['fitness']:.4f}"
-        note = "" if info["fitness"] is not None else f" ({info['status']})"
-        console.print(f"{head} | {kind} {info['genes']} -> {fit}{note}", highlight=False)
-    elif kind == "warning":
-        console.print(f"[yellow]{info['message']}[/]", highlight=False)
-    elif kind == "retry":
-        console.print(f"{head} | [yellow]worker lost, retrying {info['genes']}[/]", highlight=False)
-    elif kind == "generation":
-        r = info["record"]
-        if r.get("best") is not None:
-            console.print(f"[bold]generation {r['gen'] + 1}[/]: best {r['best']:.4f} mean {r['mean']:.4f} "
-                          f"std {r['std']:.4f} ({r['evaluated']} evaluated)", highlight=False)
+        space, budget, strategy = info["space"], info["budget"], info["strategy"]
+        if info["configured"] == "auto":
+            why = (f"the space holds {space} genomes, no more than the budget of {budget}: every one is raced"
+                   if strategy == "exhaustive" else
+                   f"the space holds {space} genomes, more than the budget of {budget}")
+            console.print(f"strategy auto -> [bold]{strategy}[/] ({why})", highlight=False)
+        else:
+            console.print(f"strategy {strategy}: {space} genomes in the space, budget {budget}", highlight=False)
+        rungs = info["rungs"]
+        if len(rungs) > 1:
+            console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} seed(s); at most the best "
+                          f"1/{info['reduction']:g} of a rung go up (fewer when their intervals already "
+                          "separate them)", highlight=False)
+        if self.live_wanted:
+            from rich.live import Live
+
+            self.live = Live(self.panel(p), console=console, refresh_per_second=2, transient=True)
+            self.live.start()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
 
 @user_errors
@@ -49,8 +126,11 @@ def search(config: ConfigArg,
     from layersearch.search.driver import SearchDriver
 
     cfg = load(config, set_)
-    driver = SearchDriver(cfg, on_event=_line)
-    result = driver.run(resume_run_id=resume)
+    display = SearchDisplay()
+    try:
+        result = SearchDriver(cfg, on_event=display).run(resume_run_id=resume)
+    finally:
+        display.close()
     if result.best is None:
         raise UserError("every evaluation failed; see the child runs' layersearch.status tags")
     from layersearch.fitness import interval_text
@@ -60,16 +140,10 @@ def search(config: ConfigArg,
                   f"({result.evaluated} evaluations run in {result.seconds:.0f}s"
                   + (f", {result.evaluated / hours:.0f}/hour" if result.evaluated else "") + ")", highlight=False)
     if export_to is not None:
-        from layersearch.mapping import save_mapping
+        from layersearch.tracking import Tracker
 
-        extra = {}
-        if result.best.fitness_ci_low is not None:
-            extra.update(fitness_ci=[result.best.fitness_ci_low, result.best.fitness_ci_high],
-                         fitness_seeds=result.best.fitness_seeds)
-        if result.versus_uniform is not None:
-            extra["versus_uniform"] = result.versus_uniform.to_dict()
-        save_mapping(result.best.mapping, export_to, cfg.teacher.model, sorted(cfg.objective.terms),
-                     fitness=result.best.fitness, search_run_id=result.run_id, **extra)
+        # The file the search logged (winner, its init, interval, verdict): one source for both exports.
+        _download_best(Tracker(cfg.tracking), result.run_id, export_to)
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
     say_verdict(result.best, result.versus_uniform)
@@ -236,12 +310,17 @@ def export(run_id: RunIdArg,
            output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the mapping JSON")],
            config: ConfigOpt = None, tracking_uri: UriOpt = "sqlite:///mlflow.db", set_: SetOpt = None) -> None:
     """Write a search's best mapping as a mapping JSON file (for `distill --mapping FILE`)."""
+    tracker, _ = _search_tracker(run_id, config, set_, tracking_uri)
+    mapping = _download_best(tracker, run_id, output)
+    console.print(f"wrote {output}: mapping {mapping}")
+
+
+def _download_best(tracker, run_id: str, output: Path):
     import shutil
     import tempfile
 
     from layersearch.mapping import load_mapping
 
-    tracker, _ = _search_tracker(run_id, config, set_, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracker.client.download_artifacts(run_id, "best_mapping.json", tmp)
@@ -250,4 +329,4 @@ def export(run_id: RunIdArg,
         mapping, _ = load_mapping(path)  # validate before handing it on
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, output)
-    console.print(f"wrote {output}: mapping {mapping}")
+    return mapping

@@ -58,8 +58,11 @@ class Evaluator:
 
     def slice_config(self, seed: int) -> Config:
         """The config one slice's student is built and distilled with: its own random stream."""
+        from layersearch.init import proxy_init_config
+
         cfg = copy.deepcopy(self.cfg)
         cfg.proxy.train.seed = self.cfg.proxy.train.seed + seed
+        cfg.student.init = proxy_init_config(self.cfg)
         return cfg
 
     def suggest_pack_size(self, cap: int = 16) -> int:
@@ -80,12 +83,23 @@ class Evaluator:
         return max(1, min(cap, int(0.8 * free // need)))
 
     # --- records --------------------------------------------------------------
-    def _new(self, mapping: Mapping, prior: Evaluation | None) -> Evaluation:
+    def _wanted(self, units: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+        """The units to hold: all of the config's, or the subset a racing rung asks for."""
+        every = units_of(self.cfg)
+        if units is None:
+            return every
+        unknown = [u for u in units if tuple(u) not in every]
+        if unknown:
+            raise ValueError(f"units {unknown} are not among this config's slice x fine-tune seeds")
+        return [tuple(u) for u in units]
+
+    def _new(self, mapping: Mapping, prior: Evaluation | None, units=None) -> Evaluation:
         """A record for ``mapping`` that starts from ``prior``'s units of this spec."""
         ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
+                        init=None if mapping.init is None else list(mapping.init),
                         worker=f"{socket.gethostname()}:{os.getpid()}")
         if prior is not None and prior.ok and prior.spec_key == self.spec_key:
-            wanted = [unit_key(s, f) for s, f in units_of(self.cfg)]
+            wanted = [unit_key(s, f) for s, f in self._wanted(units)]
             ev.units = {u: prior.units[u] for u in wanted if u in prior.units}
             ev.dev_labels, ev.majority = dict(prior.dev_labels), dict(prior.majority)
             ev.curves = dict(prior.curves)
@@ -98,9 +112,10 @@ class Evaluator:
         ev.fitness = None
         ev.error = "".join(traceback.format_exception(exc, limit=8))
 
-    def _todo(self, ev: Evaluation, slice_seed: int) -> list[int]:
-        """Fine-tune seeds of this slice that ``ev`` still lacks."""
-        return [f for f in self.cfg.tasks.finetune.seeds if unit_key(slice_seed, f) not in ev.units]
+    def _todo(self, ev: Evaluation, slice_seed: int, units=None) -> list[int]:
+        """Fine-tune seeds of this slice that ``ev`` still lacks (among ``units``, if given)."""
+        wanted = self._wanted(units)
+        return [f for s, f in wanted if s == slice_seed and unit_key(s, f) not in ev.units]
 
     def _finetune(self, ev: Evaluation, student, slice_seed: int, seeds: list[int], progress: bool,
                   distill_s: float) -> None:
@@ -146,16 +161,20 @@ class Evaluator:
         return ev
 
     # --- evaluation -------------------------------------------------------------
-    def evaluate(self, mapping: Mapping, prior: Evaluation | None = None, progress: bool = False) -> Evaluation:
-        """Proxy-distil ``mapping`` on each slice and fine-tune; only units ``prior`` lacks are run."""
+    def evaluate(self, mapping: Mapping, prior: Evaluation | None = None, progress: bool = False,
+                 units: list[tuple[int, int]] | None = None) -> Evaluation:
+        """Proxy-distil ``mapping`` on each slice and fine-tune; only units ``prior`` lacks are run.
+
+        ``units`` (slice seed, fine-tune seed) limits the work to a racing rung's units.
+        """
         from layersearch.distill import train
         from layersearch.student import make_student
 
-        ev = self._new(mapping, prior)
+        ev = self._new(mapping, prior, units)
         began = time.perf_counter()
         try:
             for s in self.cfg.proxy.slice_seeds:
-                seeds = self._todo(ev, s)
+                seeds = self._todo(ev, s, units)
                 if not seeds:
                     continue
                 cfg, data = self.slice_config(s), self.slice(s)
@@ -170,7 +189,7 @@ class Evaluator:
         return self._finish(ev)
 
     def evaluate_pack(self, mappings: list[Mapping], priors: list[Evaluation | None] | None = None,
-                      progress: bool = False) -> list[Evaluation]:
+                      progress: bool = False, units: list[tuple[int, int]] | None = None) -> list[Evaluation]:
         """Evaluate several mappings with one teacher forward per proxy batch.
 
         Same results as ``evaluate`` one by one (see packed.py); each slice's
@@ -180,9 +199,9 @@ class Evaluator:
 
         began = time.perf_counter()
         priors = priors or [None] * len(mappings)
-        evs = [self._new(m, p) for m, p in zip(mappings, priors, strict=True)]
+        evs = [self._new(m, p, units) for m, p in zip(mappings, priors, strict=True)]
         for s in self.cfg.proxy.slice_seeds:
-            members = [(ev, m) for ev, m in zip(evs, mappings, strict=True) if ev.ok and self._todo(ev, s)]
+            members = [(ev, m) for ev, m in zip(evs, mappings, strict=True) if ev.ok and self._todo(ev, s, units)]
             if not members:
                 continue
             cfg, data = self.slice_config(s), self.slice(s)
@@ -197,7 +216,7 @@ class Evaluator:
                     continue
                 self._distilled(ev, out, s)
                 try:
-                    self._finetune(ev, student, s, self._todo(ev, s), progress, out.seconds)
+                    self._finetune(ev, student, s, self._todo(ev, s, units), progress, out.seconds)
                 except Exception as exc:
                     self._fail(ev, exc)
         share = (time.perf_counter() - began) / len(mappings)

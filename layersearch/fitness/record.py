@@ -66,6 +66,7 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     error: str = ""  # the traceback of a failed evaluation, for the run's artifacts
+    init: list[int] | None = None  # the mapping's own init layers (search.search_init), if it names them
 
     # Failures that the same inputs would reproduce, so caching them is safe; a
     # lost worker or an out-of-memory error is worth another try.
@@ -78,7 +79,7 @@ class Evaluation:
 
     @property
     def mapping(self) -> Mapping:
-        return Mapping(tuple(self.genes), self.num_teacher_layers)
+        return Mapping(tuple(self.genes), self.num_teacher_layers, None if self.init is None else tuple(self.init))
 
     @property
     def key(self) -> str:

@@ -1,16 +1,22 @@
-"""The search driver: DEAP proposes, the Ray pool evaluates, MLflow records.
+"""The search driver: DEAP proposes, racing decides who gets more seeds, the Ray pool
+evaluates, MLflow records.
 
-Only this process talks to MLflow. Per generation it (1) reads the
-population's pending genomes, (2) takes every one it can from the evaluation
-cache, (3) sends the rest to the pool, writing each result to the cache and to
-a nested child run the moment it arrives, and (4) advances the GA and
-checkpoints its state as the parent run's ``ga_state.json``.
+Only this process talks to MLflow. Per generation it (1) takes the
+population's pending genomes, (2) races them up the fidelity rungs
+(racing.py): every rung's scores come from the evaluation cache where it has
+them and from the pool otherwise, each result written to the cache and to a
+nested child run the moment it arrives, (3) promotes hall-of-fame members to
+the top rung before they can be called best, and (4) advances the GA and
+checkpoints its state as the parent run's ``ga_state.json``. After the last
+generation a final race scores the top mappings and the heuristics at the top
+rung, and the winner is tested against uniform.
 
-Resume after a crash (even ``kill -9``): the parent run's last checkpoint
-gives the GA state at the start of the interrupted generation; finished
-evaluations come back from the cache, and child runs already logged are
-reused, so nothing is run or logged twice and the GA, being seeded, replays
-the same generations an uninterrupted search would have.
+Resume after a crash (even ``kill -9``, even mid-rung): the parent run's last
+checkpoint gives the GA state at the start of the interrupted generation; the
+race replays from the cache (it is a deterministic function of the scores), so
+finished evaluations are not run again, child runs already logged are reused,
+and the GA, being seeded, replays the same generations an uninterrupted search
+would have.
 """
 
 from __future__ import annotations
@@ -19,39 +25,30 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from layersearch.config import Config
 from layersearch.errors import UserError
-from layersearch.fitness import Evaluation, compare, search_device, spec_key, units_of
+from layersearch.fitness import Evaluation, compare, search_device, spec_key, summarize, unit_key, units_of
 from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
-from layersearch.search.ga import GAState, GeneticSearch
+from layersearch.search.ga import FAILED, GAState, GeneticSearch, update_hall_of_fame
+from layersearch.search.progress import Progress, Work
+from layersearch.search.racing import Ladder, Score, race
 from layersearch.tracking import Tracker, flatten, log_evaluation
 
 CHECKPOINT = "ga_state.json"
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 # search.* settings a resumed search may change: they do not steer the GA.
-# (A higher generations extends a finished search.)
-RESUMABLE_CHANGES = ("cache_dir", "generations")
+# (A higher generations or budget extends a finished search.)
+RESUMABLE_CHANGES = ("cache_dir", "generations", "budget")
+
+Genome = tuple[int, ...]
 
 
 class ResumeError(UserError):
     pass
-
-
-@dataclass
-class Progress:
-    generation: int = 0
-    generations: int = 0
-    done: int = 0
-    running: int = 0
-    cached: int = 0
-    failed: int = 0
-    best: float | None = None
-    best_genes: list[int] | None = None
-    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -62,6 +59,7 @@ class SearchResult:
     evaluated: int  # evaluations run in this process (not from the cache)
     seconds: float
     versus_uniform: object = None  # a fitness.Comparison of the best with uniform, when both were evaluated
+    strategy: str = "ga"
 
 
 class SearchDriver:
@@ -79,14 +77,60 @@ class SearchDriver:
         self.n = num_teacher_layers
         self.m = cfg.student.num_layers
         self.ga = GeneticSearch(cfg.search, self.m, self.n)
+        self.space = self.ga.space
+        self.ladder = Ladder.of(cfg)
         self.spec = spec_key(cfg, search_device(cfg))
         self.units = units_of(cfg)
         self.cache = EvaluationCache(cfg.search.cache_dir, self.spec)
         self.pool_resources = pool_resources
-        self.progress = Progress(generations=cfg.search.generations)
-        self.children: dict[str, tuple[str, str]] = {}  # mapping key -> (run id, status)
-        self.evaluations: dict[str, Evaluation] = {}  # this search's results by mapping key
+        self.pool = None
+        self.parent: str | None = None
+        self.progress = Progress(generations=self.ga.generations, rungs=len(self.ladder))
+        # mapping key -> (run id, status, highest rung logged)
+        self.children: dict[str, tuple[str, str, int]] = {}
+        self.evaluations: dict[str, Evaluation] = {}  # this search's fullest record by mapping key
         self.ran = 0
+
+    # --- genomes, rungs, standings ------------------------------------------------
+    def _mapping(self, genome) -> Mapping:
+        return self.space.mapping(genome)
+
+    def _uniform(self) -> Mapping:
+        from layersearch.mapping import heuristic
+
+        uniform = heuristic("uniform", self.m, self.n)
+        return uniform.with_init(uniform.genes) if self.space.search_init else uniform
+
+    def _stored(self, mapping: Mapping) -> Evaluation | None:
+        """The fullest record of ``mapping`` this search can see (this process, or the cache)."""
+        here, cached = self.evaluations.get(mapping.key), self.cache.get(mapping)
+        records = [r for r in (here, cached) if r is not None]
+        if not records:
+            return None
+        return max(records, key=lambda r: (not r.ok, len(r.units)))  # a failure is final
+
+    def _rung_of(self, mapping: Mapping) -> int:
+        """The highest rung ``mapping`` holds; a failure counts as the top (it is final)."""
+        ev = self._stored(mapping)
+        if ev is None:
+            return -1
+        if not ev.ok or not ev.units:
+            return self.ladder.top
+        return self.ladder.held(set(ev.units))
+
+    def _score(self, mapping: Mapping, rung: int) -> tuple[Score, Evaluation | None]:
+        ev = self._stored(mapping)
+        if ev is None:
+            return Score(None), None
+        ev = summarize(ev.restricted([unit_key(*u) for u in self.ladder.units(rung)]),
+                       self.cfg.tasks.names, self.cfg.tasks.weights) if ev.ok and ev.units else ev
+        return Score.of(ev), ev
+
+    def _standing(self, genome) -> tuple[int, Score]:
+        """A genome's best-founded score: at the highest rung it holds."""
+        mapping = self._mapping(genome)
+        rung = self._rung_of(mapping)
+        return rung, (self._score(mapping, rung)[0] if rung >= 0 else Score(None))
 
     # --- MLflow -------------------------------------------------------------
     def _start_parent(self) -> str:
@@ -95,7 +139,9 @@ class SearchDriver:
 
     def _log_parent_params(self, run_id: str) -> None:
         params = flatten(self.cfg.to_dict())
-        params.update(spec_key=self.spec, num_teacher_layers=self.n, num_student_layers=self.m)
+        params.update(spec_key=self.spec, num_teacher_layers=self.n, num_student_layers=self.m,
+                      strategy_resolved=self.ga.strategy, space_size=self.space.size(),
+                      rungs=json.dumps([len(self.ladder.units(r)) for r in range(len(self.ladder))]))
         self.tracker.log_params(run_id, params)
         self.tracker.log_text(run_id, self.cfg.to_yaml(), "config.yaml")
 
@@ -105,28 +151,32 @@ class SearchDriver:
         for r in runs:
             key = r.data.params.get("mapping")
             if key:
-                self.children[key] = (r.info.run_id, r.info.status)
+                rung = int(r.data.tags.get("layersearch.rung", self.ladder.top))
+                self.children[key] = (r.info.run_id, r.info.status, rung)
 
-    def _record(self, parent: str, ev: Evaluation, cached: bool) -> None:
-        """Cache, then log a child run once per distinct mapping in this search."""
+    def _record(self, ev: Evaluation, cached: bool, rung: int) -> None:
+        """Cache, then log the mapping's child run: once per mapping, again when it goes up a rung."""
         if not ev.spec_key:
             ev.spec_key = self.spec
         if not cached:
             self.cache.put(ev)
         key = ev.mapping.key
-        self.evaluations[key] = ev
+        known = self.evaluations.get(key)
+        if known is None or not ev.ok or len(ev.units) >= len(known.units):
+            self.evaluations[key] = ev
         existing = self.children.get(key)
-        if existing and existing[1] == "FINISHED":
+        if existing and existing[1] == "FINISHED" and existing[2] >= rung:
             return
-        if existing:  # a child left open by a crash: complete it rather than add a twin
+        if existing:  # left open by a crash, or promoted: the same run carries the new rung
             run_id = existing[0]
         else:
-            run_id = self.tracker.start(f"eval {ev.mapping}", parent_id=parent,
+            run_id = self.tracker.start(f"eval {ev.mapping}", parent_id=self.parent,
                                         tags={"layersearch.kind": "evaluation",
                                               "layersearch.generation": self.progress.generation})
-        log_evaluation(self.tracker, run_id, ev, cached=cached)
+        self.tracker.set_tags(run_id, {"layersearch.rung": rung})
+        log_evaluation(self.tracker, run_id, ev, cached=cached, step=rung)
         self.tracker.end(run_id, "FINISHED")
-        self.children[key] = (run_id, "FINISHED")
+        self.children[key] = (run_id, "FINISHED", rung)
 
     def _checkpoint(self, parent: str, state: GAState, populations: list) -> None:
         data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "search": self._search_settings(),
@@ -190,70 +240,218 @@ class SearchDriver:
             self.tracker.log_artifact(parent, plots.fitness_by_generation(
                 state.logbook, Path(tmp) / "fitness_by_generation.png"), "plots")
             self.tracker.log_artifact(parent, plots.layer_usage(
-                populations, self.n, Path(tmp) / "layer_usage.png"), "plots")
+                [[g[: self.m] for g in pop] for pop in populations], self.n, Path(tmp) / "layer_usage.png"),
+                "plots")
 
-    def _finish(self, parent: str, state: GAState) -> tuple[Evaluation | None, object]:
-        """Log the best mapping and its paired comparison with uniform; returns both."""
+    # --- evaluating at a rung ----------------------------------------------------
+    def _score_at(self, genomes: list, rung: int) -> dict:
+        """Every genome's score on ``rung``'s units: from the cache where it can, else from the pool."""
+        from layersearch.search.pool import EvaluatorPool
+
+        units = self.ladder.units(rung)
+        p = self.progress
+        p.rung, p.rung_seeds = rung, len(units)
+        scores: dict = {}
+        todo, priors, work = [], {}, {}
+        for genome in genomes:
+            mapping = self._mapping(genome)
+            hit, partial = self.cache.lookup(mapping, units, self.cfg.tasks.names, self.cfg.tasks.weights)
+            if hit is not None:
+                p.cached += 1
+                self._record(hit, cached=True, rung=rung)
+                scores[tuple(genome)] = Score.of(hit)
+                self._note(hit, "cached", len(units))
+                continue
+            todo.append(mapping)
+            if partial is not None:  # its stored seeds are reused, the rest run
+                priors[mapping.key] = partial
+            start = self.ladder.held(set(partial.units)) if partial is not None and partial.units else -1
+            work[mapping.key] = Work(*self.ladder.work(start, rung))
+        if not todo:
+            return scores
+        p.queue(len(todo), sum(work.values(), Work()))
+        self.on_event("rung", p, {"rung": rung, "entrants": len(genomes), "to_run": len(todo)})
+        if self.pool is None:
+            self.pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources, self.spec)
+
+        def on_result(ev: Evaluation) -> None:
+            self.ran += 1
+            p.finished_job(work.get(ev.mapping.key, Work()), ev)
+            self._record(ev, cached=False, rung=rung)
+            scores[self.space.genome(ev.mapping)] = Score.of(ev)
+            self._note(ev, "done", len(units))
+
+        def on_started(kind: str, mapping: Mapping) -> None:
+            if kind == "started":
+                p.started_job()
+            else:  # a lost worker: the job goes back to the queue
+                p.running, p.queued = max(0, p.running - 1), p.queued + 1
+            self.on_event(kind, p, {"genes": list(mapping.genes)})
+
+        # The whole ladder is the config's own units: evaluators need not be told.
+        limit = None if sorted(units) == sorted(self.units) else units
+        self.pool.run(todo, on_result, on_started, priors, units=limit)
+        return scores
+
+    def _note(self, ev: Evaluation, kind: str, seeds: int) -> None:
+        p = self.progress
+        p.done += 1
+        if not ev.ok:
+            p.failed += 1
+        else:
+            p.offer_best(self.space.genome(ev.mapping), ev.fitness, ev.fitness_ci_low, ev.fitness_ci_high, seeds)
+        self.on_event(kind, p, {"genes": list(self.space.genome(ev.mapping)), "fitness": ev.fitness,
+                                "low": ev.fitness_ci_low, "high": ev.fitness_ci_high, "seeds": seeds,
+                                "status": ev.status, "rung": p.rung})
+
+    def _plan(self, state: GAState, entrants: int = 0) -> None:
+        """What the ETA expects after the current batch: the generations left and the final race."""
+        left = max(0, self.ga.generations - state.generation - 1)
+        per_gen = Work(*self.ladder.batch_work(self.cfg.search.population)) if self.ga.strategy != "exhaustive" \
+            else Work()
+        # The rest of this batch's race: the promotions it should make after the current rung.
+        rest = Work()
+        alive = entrants
+        for r in range(self.progress.rung + 1, len(self.ladder)):
+            alive = -(-alive // self.ladder.reduction)
+            rest = rest + Work(*[alive * x for x in self.ladder.work(r - 1, r)])
+        final = Work()
+        for mapping in self._final_race_mappings(state, only_known=True):
+            final = final + Work(*self.ladder.work(self._rung_of(mapping), self.ladder.top))
+        self.progress.future = rest + Work(per_gen.distills * left, per_gen.units * left) + final
+
+    # --- racing, elites, the final race ----------------------------------------
+    def _race(self, genomes: list, state: GAState) -> dict:
+        def on_rung(rung: int, entrants: list) -> None:
+            self.progress.rung = rung
+            self._plan(state, len(entrants))
+
+        race(genomes, self.ladder, self._score_at, on_rung)
+        # The GA ranks each genome by its best-founded score (the cache may hold more seeds).
+        return {tuple(g): self._standing(g)[1].mean for g in genomes}
+
+    def _settle_elites(self, state: GAState) -> None:
+        """Promote hall-of-fame members to the top rung before they can be called best.
+
+        A member that scored well on few seeds may have been lucky; once it has
+        every seed it keeps its place only if it still ranks there.
+        """
+        top = self.ladder.top
+        while True:
+            scored = [(tuple(g), f) for g, f in zip(state.population, state.fitness, strict=True)]
+            hof = update_hall_of_fame(state.hall_of_fame, scored, self.cfg.search.hall_of_fame)
+            below = [g for g, f in hof if f != FAILED and self._rung_of(self._mapping(g)) < top]
+            if not below:
+                return
+            self.on_event("elites", self.progress, {"genomes": [list(g) for g in below]})
+            self._score_at(below, top)
+            self.ga.rescore(state, {g: self._standing(g)[1].mean for g in below})
+
+    def _final_race_mappings(self, state: GAState, only_known: bool = False) -> list[Mapping]:
+        """The search's top mappings (by their standing) and the heuristics, uniform first."""
+        n = self.cfg.search.final_race
+        if n == 0:
+            return []
+        scored = dict(state.archive) | dict(state.hall_of_fame)
+        top = sorted((g for g, f in scored.items() if f is not None and f != FAILED), key=lambda g: -scored[g])[:n]
+        heuristics = [self._uniform()] + [self._mapping(g) for g in self.space.heuristic_genomes()]
+        out = list(dict.fromkeys(heuristics + [self._mapping(g) for g in top]))
+        return out
+
+    def _final_race(self, state: GAState) -> None:
+        """Race the top mappings and the heuristics at the top rung (post-selection)."""
+        entrants = self._final_race_mappings(state)
+        if not entrants:
+            return
+        self.progress.phase = "final race"
+        self.progress.future = Work()
+        self.on_event("final", self.progress, {"mappings": [str(m) for m in entrants]})
+        genomes = [self.space.genome(m) for m in entrants]
+        self._score_at(genomes, self.ladder.top)
+        self.ga.rescore(state, {g: self._standing(g)[1].mean for g in genomes})
+
+    def _winner(self) -> Mapping | None:
+        """The best mean among the mappings that reached the top rung."""
+        best, best_fit = None, None
+        for key in sorted(set(self.evaluations) | set(self.children)):
+            mapping = Mapping.from_key(key)
+            if self._rung_of(mapping) < self.ladder.top:
+                continue
+            score, _ = self._score(mapping, self.ladder.top)
+            if score.ok and (best_fit is None or score.mean > best_fit):
+                best, best_fit = mapping, score.mean
+        return best
+
+    def _finish(self, parent: str, mapping: Mapping | None) -> tuple[Evaluation | None, object]:
+        """Log the winner and its paired comparison with uniform; returns both."""
         from layersearch.mapping import save_mapping
 
-        best = self.ga.best(state)
-        if best is None:
+        if mapping is None:
             return None, None
-        genes, fitness = best
-        mapping = Mapping(tuple(genes), self.n)
         ev = self._evaluation_of(mapping)
         versus = self._versus_uniform(ev)
         extra = {}
         if ev is not None and ev.fitness_ci_low is not None:
             extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds)
+        extra["verdict"] = versus.verdict if versus is not None else (
+            "uniform" if mapping == self._uniform() else "no comparison")
         if versus is not None:
             extra["versus_uniform"] = versus.to_dict()
             e = versus.estimate
             self.tracker.set_tags(parent, {"verdict": versus.verdict})
             self.tracker.log_metrics(parent, {"winner_minus_uniform": e.mean, "winner_minus_uniform_ci_low": e.low,
                                               "winner_minus_uniform_ci_high": e.high})
+        elif mapping == self._uniform():
+            self.tracker.set_tags(parent, {"verdict": "uniform"})
+        saved = self._with_proxy_init(mapping)
         with tempfile.TemporaryDirectory() as tmp:
-            path = save_mapping(mapping, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
-                                sorted(self.cfg.objective.terms), fitness=fitness,
+            path = save_mapping(saved, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
+                                sorted(self.cfg.objective.terms), fitness=ev.fitness if ev else None,
                                 scores=ev.scores if ev else {}, search_run_id=parent,
                                 spec_key=self.spec, **extra)
             self.tracker.log_artifact(parent, path)
         self.tracker.set_tags(parent, {"layersearch.best_mapping": mapping.key,
                                        "layersearch.best_genes": str(mapping)})
-        metrics = {"best_fitness": fitness}
+        metrics = {"best_fitness": ev.fitness} if ev is not None and ev.fitness is not None else {}
         if "fitness_ci" in extra:
             metrics.update(best_fitness_ci_low=extra["fitness_ci"][0], best_fitness_ci_high=extra["fitness_ci"][1])
         self.tracker.log_metrics(parent, metrics)
         return ev, versus
 
+    def _with_proxy_init(self, mapping: Mapping) -> Mapping:
+        """The winner as it was scored: with the init layers its proxy students had, so
+        ``distill`` builds the student the search measured."""
+        from layersearch.init import proxy_init_config, seed_layers
+
+        if mapping.init is not None or self.cfg.student.init.method == "random":
+            return mapping
+        return mapping.with_init(seed_layers(proxy_init_config(self.cfg), mapping, self.m, self.n))
+
     def _evaluation_of(self, mapping: Mapping) -> Evaluation | None:
-        """This search's record of ``mapping``: from this process, the cache, or its child run."""
-        from layersearch.fitness import summarize, unit_key
+        """This search's record of ``mapping`` over every unit: this process, the cache, or its child run."""
         from layersearch.tracking import load_evaluation
 
-        ev = self.evaluations.get(mapping.key) or self.cache.lookup(
-            mapping, self.units, self.cfg.tasks.names, self.cfg.tasks.weights)[0]
-        if ev is None and mapping.key in self.children:  # resumed with another cache_dir
+        wanted = [unit_key(s, f) for s, f in self.units]
+        ev = self._stored(mapping)
+        if (ev is None or ev.missing(wanted)) and mapping.key in self.children:  # resumed with another cache_dir
             ev = load_evaluation(self.tracker, self.children[mapping.key][0])
-            if ev is not None:
-                wanted = [unit_key(s, f) for s, f in self.units]
-                ev = summarize(ev.restricted(wanted), self.cfg.tasks.names, self.cfg.tasks.weights)
-        return ev
+        if ev is None or ev.missing(wanted):
+            return None
+        return summarize(ev.restricted(wanted), self.cfg.tasks.names, self.cfg.tasks.weights)
 
     def _versus_uniform(self, best: Evaluation | None):
         """The winner minus TinyBERT's uniform mapping, paired, when the search evaluated both.
 
-        The winner was chosen as the best of every mapping evaluated, on these
-        same seeds, so its test is one of a family: Holm runs over every
-        evaluated mapping against uniform, which keeps "better" honest after
-        the selection (the difference itself still carries the winner's luck).
+        The winner was chosen as the best of every mapping that reached the top
+        rung, on these same seeds, so its test is one of a family: Holm runs over
+        all of them against uniform, which keeps "better" honest after the
+        selection (the difference itself still carries the winner's luck).
         """
         from layersearch.fitness import PairingError
-        from layersearch.mapping import heuristic
 
         if best is None or not best.units:
             return None
-        uniform = heuristic("uniform", self.m, self.n)
+        uniform = self._uniform()
         if uniform == best.mapping:
             return None
         ref = self._evaluation_of(uniform)
@@ -263,7 +461,7 @@ class SearchDriver:
         for key in sorted(set(self.children) | set(self.evaluations)):
             if key in (uniform.key, best.mapping.key):
                 continue
-            ev = self._evaluation_of(Mapping(tuple(int(g) for g in key.split(":")[1].split("-")), self.n))
+            ev = self._evaluation_of(Mapping.from_key(key))
             if ev is not None and ev.ok and ev.units:
                 family.append((str(ev.mapping), ev))
         try:
@@ -276,8 +474,6 @@ class SearchDriver:
 
     # --- the loop -------------------------------------------------------------
     def run(self, resume_run_id: str | None = None) -> SearchResult:
-        from layersearch.search.pool import EvaluatorPool
-
         began = time.perf_counter()
         state, populations = None, []
         if resume_run_id:
@@ -290,66 +486,34 @@ class SearchDriver:
             self._load_children(parent)
         else:
             parent = self._start_parent()
-        pool = None
-        with self.tracker.run("search", run_id=parent) as parent:
-            if not resume_run_id:
-                self._log_parent_params(parent)
-            if state is None:
-                state = self.ga.start()
-                self._checkpoint(parent, state, populations)
-            self.on_event("start", self.progress, {"run_id": parent, "resumed": bool(resume_run_id)})
-            while not self.ga.done(state):
-                self.progress.generation = state.generation
-                fitness: dict = {}
-                todo, priors = [], {}
-                for genes in self.ga.pending(state):
-                    mapping = Mapping(genes, self.n)
-                    hit, partial = self.cache.lookup(mapping, self.units, self.cfg.tasks.names,
-                                                     self.cfg.tasks.weights)
-                    if hit is not None:
-                        self.progress.cached += 1
-                        self._record(parent, hit, cached=True)
-                        fitness[genes] = hit.fitness
-                        self._note(hit, "cached")
-                    else:
-                        todo.append(mapping)
-                        if partial is not None:  # its stored seeds are reused, the rest run
-                            priors[mapping.key] = partial
-                if todo:
-                    if pool is None:
-                        pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources, self.spec)
-
-                    def on_result(ev: Evaluation, fitness: dict = fitness) -> None:
-                        self.ran += 1
-                        self.progress.running -= 1
-                        self._record(parent, ev, cached=False)
-                        fitness[tuple(ev.genes)] = ev.fitness
-                        self._note(ev, "done")
-
-                    def on_started(kind: str, mapping: Mapping) -> None:
-                        if kind == "started":
-                            self.progress.running += 1
-                        else:
-                            self.progress.running -= 1
-                        self.on_event(kind, self.progress, {"genes": list(mapping.genes)})
-
-                    pool.run(todo, on_result, on_started, priors)
-                self.ga.tell(state, fitness)
-                populations.append([list(g) for g in state.population])
-                state = self.ga.advance(state)
-                self._log_generation(parent, state, populations)
-                self._checkpoint(parent, state, populations)
-                self.on_event("generation", self.progress, {"record": state.logbook[-1]})
-            best, versus = self._finish(parent, state)
-            if pool is not None:
-                pool.shutdown()
-        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus)
-
-    def _note(self, ev: Evaluation, kind: str) -> None:
-        p = self.progress
-        p.done += 1
-        if not ev.ok:
-            p.failed += 1
-        elif p.best is None or ev.fitness > p.best:
-            p.best, p.best_genes = ev.fitness, list(ev.genes)
-        self.on_event(kind, p, {"genes": ev.genes, "fitness": ev.fitness, "status": ev.status})
+        try:
+            with self.tracker.run("search", run_id=parent) as parent:
+                self.parent = parent
+                if not resume_run_id:
+                    self._log_parent_params(parent)
+                if state is None:
+                    state = self.ga.start()
+                    self._checkpoint(parent, state, populations)
+                self.on_event("start", self.progress, {
+                    "run_id": parent, "resumed": bool(resume_run_id), "strategy": self.ga.strategy,
+                    "configured": self.cfg.search.strategy, "space": self.space.size(),
+                    "budget": self.cfg.search.budget or self.cfg.search.population * self.cfg.search.generations,
+                    "rungs": [len(self.ladder.units(r)) for r in range(len(self.ladder))],
+                    "reduction": self.ladder.reduction})
+                while not self.ga.done(state):
+                    self.progress.generation = state.generation
+                    fitness = self._race(self.ga.pending(state), state)
+                    self.ga.tell(state, fitness)
+                    self._settle_elites(state)
+                    populations.append([list(g) for g in state.population])
+                    state = self.ga.advance(state)
+                    self._log_generation(parent, state, populations)
+                    self._checkpoint(parent, state, populations)
+                    self.on_event("generation", self.progress, {"record": state.logbook[-1]})
+                self._final_race(state)
+                best, versus = self._finish(parent, self._winner())
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus, self.ga.strategy)

@@ -30,7 +30,6 @@ from typing import Any
 from deap import base, creator
 
 from layersearch.config import ConfigError, SearchConfig
-from layersearch.mapping import HEURISTICS, MappingError, heuristic
 
 STATE_FORMAT_VERSION = 1
 FAILED = float("-inf")  # fitness of a failed evaluation: loses every comparison
@@ -188,7 +187,7 @@ def _record(gen: int, evaluated: int, fitness: list[float]) -> dict[str, Any]:
     return row | dict(zip(("best", "mean", "std", "min"), stats, strict=True))
 
 
-def _update_hof(hof: list[Scored], scored: list[Scored], size: int) -> list[Scored]:
+def update_hall_of_fame(hof: list[Scored], scored: list[Scored], size: int) -> list[Scored]:
     """The best `size` distinct genomes so far, best first; failures never enter.
 
     A stable sort rather than tools.HallOfFame: it round-trips through JSON exactly and
@@ -205,70 +204,87 @@ class GeneticSearch:
     """DEAP-style GA over mappings of an M-layer student onto an N-layer teacher.
 
     Generation 0 is the initial population; the search is done once generations
-    0 .. cfg.generations - 1 have been evaluated and advanced, so it evaluates
-    cfg.generations populations in all. Strategy "simple" is eaSimple with the hall of
-    fame's best re-inserted as elites (at most population - 1); "mu_plus_lambda" is
-    eaMuPlusLambda with mu = population and lambda = offspring (default population).
+    0 .. generations - 1 have been evaluated and advanced. Variant "simple" is eaSimple
+    with the hall of fame's best re-inserted as elites (at most population - 1);
+    "mu_plus_lambda" is eaMuPlusLambda with mu = population and lambda = offspring.
+
+    The same state machine runs the baselines a GA must beat: ``strategy:
+    random`` draws each generation uniformly from the space (never a genome
+    already drawn), and ``exhaustive`` puts the whole space in generation 0.
     """
 
-    def __init__(self, cfg: SearchConfig, num_student_layers: int, num_teacher_layers: int):
-        if num_student_layers < 1 or num_teacher_layers < 1:
-            raise ValueError("student and teacher need at least one layer each")
-        if cfg.strategy == "mu_plus_lambda" and cfg.cxpb + cfg.mutpb > 1:
+    def __init__(self, cfg: SearchConfig, num_student_layers: int, num_teacher_layers: int,
+                 strategy: str | None = None):
+        from layersearch.search.space import SearchSpace
+
+        if cfg.variant == "mu_plus_lambda" and cfg.cxpb + cfg.mutpb > 1:
             # varOr picks one operator per offspring, so the probabilities must share 1.
-            raise ConfigError(["search: cxpb + mutpb must be <= 1 for strategy mu_plus_lambda"])
+            raise ConfigError(["search: cxpb + mutpb must be <= 1 for variant mu_plus_lambda"])
         self.cfg = cfg
+        self.space = SearchSpace(cfg, num_student_layers, num_teacher_layers)
         self.m, self.n = num_student_layers, num_teacher_layers
-        self.low = 0 if cfg.allow_zero else 1
+        self.low = self.space.low
+        self.strategy = resolve_strategy(cfg, self.space) if strategy is None else strategy
         self.toolbox = base.Toolbox()
         if cfg.crossover == "uniform":
-            self.toolbox.register("mate", cx_uniform, indpb=cfg.indpb)
+            self.toolbox.register("mate", self._per_chromosome_mate(cx_uniform, indpb=cfg.indpb))
         else:
-            self.toolbox.register("mate", cx_one_point)
+            self.toolbox.register("mate", self._per_chromosome_mate(cx_one_point))
         mutate = mut_reset if cfg.mutation == "reset" else mut_step
-        self.toolbox.register("mutate", mutate, low=self.low, up=self.n, indpb=cfg.indpb)
+        self.toolbox.register("mutate", self._per_chromosome_mutate(mutate, indpb=cfg.indpb))
         self.toolbox.register("select", sel_tournament, tournsize=cfg.tournament_size)
 
-    def repair(self, genes: Sequence[int]) -> list[int]:
-        """Project genes onto the search space; deterministic and idempotent.
+    # Supervision and init genes are two chromosomes: each crosses over and mutates on
+    # its own (a crossover point never falls between them; init genes stay in 1..N).
+    def _per_chromosome_mate(self, op, **kw):
+        def mate(a, b, rng):
+            m = self.m
+            for lo, hi in ((0, m), (m, len(a))) if self.space.search_init else ((0, m),):
+                ca, cb = a[lo:hi], b[lo:hi]
+                op(ca, cb, rng=rng, **kw)
+                a[lo:hi], b[lo:hi] = ca, cb
+            return a, b
+        return mate
 
-        Clamp to the gene range, pin the last gene to N (fix_last, or when every gene is 0:
-        a mapping must supervise something), then sort the non-zero genes in their slots
-        (monotone), leaving 0s where they are.
-        """
-        if len(genes) != self.m:
-            raise ValueError(f"{len(genes)} genes for a {self.m}-layer student")
-        out = [min(self.n, max(self.low, int(g))) for g in genes]
-        if self.cfg.fix_last or not any(out):
-            out[-1] = self.n
-        if self.cfg.monotone:
-            slots = [i for i, g in enumerate(out) if g]
-            for i, g in zip(slots, sorted(out[i] for i in slots), strict=True):
-                out[i] = g
-        return out
+    def _per_chromosome_mutate(self, op, **kw):
+        def mutate(ind, rng):
+            for c, (low, up) in enumerate(self.space.bounds()):
+                part = ind[c * self.m:(c + 1) * self.m]
+                op(part, low=low, up=up, rng=rng, **kw)
+                ind[c * self.m:(c + 1) * self.m] = part
+            return (ind,)
+        return mutate
+
+    @property
+    def generations(self) -> int:
+        """Generations to evaluate: one for exhaustive; budget / population when a budget is set."""
+        if self.strategy == "exhaustive":
+            return 1
+        if self.cfg.budget is not None:
+            return max(1, -(-self.cfg.budget // self.cfg.population))
+        return self.cfg.generations
+
+    def repair(self, genes: Sequence[int]) -> list[int]:
+        """Project genes onto the search space (see SearchSpace.repair)."""
+        return self.space.repair(genes)
 
     def heuristic_genomes(self) -> list[list[int]]:
-        """The named heuristics that lie in the search space, deduplicated."""
-        found: list[list[int]] = []
-        for name in HEURISTICS:
-            try:
-                genes = list(heuristic(name, self.m, self.n).genes)
-            except MappingError:  # lower/upper for a student deeper than the teacher
-                continue
-            # Skipped rather than repaired: a repaired heuristic is no longer the
-            # literature mapping its name promises.
-            if self.repair(genes) == genes and genes not in found:
-                found.append(genes)
-        return found
+        return self.space.heuristic_genomes()
 
     def random_genome(self, rng: random.Random) -> list[int]:
-        """A uniformly drawn genome, repaired into the search space."""
-        return self.repair([rng.randint(self.low, self.n) for _ in range(self.m)])
+        return self.space.random_genome(rng)
 
     def start(self) -> GAState:
-        """Generation 0: the heuristics (if seed_heuristics), then random genomes."""
+        """Generation 0: the whole space (exhaustive), fresh uniform draws (random), or
+        for the GA the heuristics (if seed_heuristics), then random genomes."""
         rng = random.Random(self.cfg.seed)
+        if self.strategy == "exhaustive":
+            pop = [list(g) for g in self.space.enumerate()]
+            return GAState(self.m, self.n, 0, pop, [None] * len(pop), rng.getstate())
         size = self.cfg.population
+        if self.strategy == "random":
+            pop = self._fresh_draws(size, set(), rng)
+            return GAState(self.m, self.n, 0, pop, [None] * len(pop), rng.getstate())
         pop = self.heuristic_genomes()[:size] if self.cfg.seed_heuristics else []
         seen = {tuple(g) for g in pop}
         draws = 0
@@ -280,6 +296,22 @@ class GeneticSearch:
                 seen.add(tuple(genes))
                 pop.append(genes)
         return GAState(self.m, self.n, 0, pop, [None] * len(pop), rng.getstate())
+
+    def _fresh_draws(self, size: int, taken: set, rng: random.Random) -> list[list[int]]:
+        """Up to ``size`` distinct uniform draws from the space, none of them in ``taken``."""
+        listed = self.space.listed()
+        if listed is not None:
+            left = [g for g in listed if g not in taken]
+            return [list(g) for g in rng.sample(left, min(size, len(left)))]
+        out, seen = [], set(taken)
+        for _ in range(50 * size):
+            if len(out) == size:
+                break
+            g = self.space.uniform_genome(rng)
+            if tuple(g) not in seen:
+                seen.add(tuple(g))
+                out.append(g)
+        return out
 
     def pending(self, state: GAState) -> list[Genome]:
         """Distinct genomes of the current generation still lacking fitness, in order."""
@@ -313,13 +345,19 @@ class GeneticSearch:
             )
         cfg = self.cfg
         scored = [(tuple(g), f) for g, f in zip(state.population, state.fitness, strict=True)]
-        hof = _update_hof(state.hall_of_fame, scored, cfg.hall_of_fame)
+        hof = update_hall_of_fame(state.hall_of_fame, scored, cfg.hall_of_fame)
         logbook = state.logbook + [_record(state.generation, state.evaluated, state.fitness)]
         rng = random.Random()
         rng.setstate(state.rng_state)
         pop = [_individual(g, f) for g, f in scored]
         parents: list[Scored] = []
-        if cfg.strategy == "simple":
+        known = dict(state.archive) | dict(state.parents) | dict(scored) | dict(hof)
+        if self.strategy in ("random", "exhaustive"):
+            # No breeding: random draws genomes it has not drawn; exhaustive has drawn them all.
+            fresh = [] if self.strategy == "exhaustive" else self._fresh_draws(cfg.population, set(known), rng)
+            return GAState(self.m, self.n, state.generation + 1, fresh, [None] * len(fresh), rng.getstate(),
+                           hall_of_fame=hof, logbook=logbook, archive=list(known.items()))
+        if cfg.variant == "simple":
             # Elitism: the hall of fame's best re-enter unchanged, so selection and
             # variation can never lose the best mapping found.
             n_elite = min(len(hof), cfg.population - 1)
@@ -336,9 +374,8 @@ class GeneticSearch:
             parents = [(tuple(ind), ind.fitness.values[0]) for ind in survivors]
         # Genomes already scored (unchanged clones, elites, parents found again) are not
         # sent for evaluation a second time.
-        known = dict(state.archive) | dict(state.parents) | dict(scored) | dict(hof)
         if cfg.novelty:
-            n_fixed = n_elite if cfg.strategy == "simple" else 0
+            n_fixed = n_elite if cfg.variant == "simple" else 0
             bred = offspring[: len(offspring) - n_fixed]
             self._make_novel(bred, known, rng)
         return GAState(
@@ -355,8 +392,24 @@ class GeneticSearch:
         )
 
     def done(self, state: GAState) -> bool:
-        """True once generations 0 .. cfg.generations - 1 have been advanced."""
-        return state.generation >= self.cfg.generations
+        """True once generations 0 .. generations - 1 have been advanced (or nothing is left to draw)."""
+        return state.generation >= self.generations or (state.generation > 0 and not state.population)
+
+    def rescore(self, state: GAState, fitness: dict[Genome, float]) -> None:
+        """Replace the fitness of genomes scored before, wherever the state holds them.
+
+        Racing promotes a genome to more seeds after its first score: the hall of
+        fame, the parents and the archive must rank it by its better-founded score.
+        """
+        fix = {tuple(int(g) for g in k): _as_fitness(v) for k, v in fitness.items()}
+
+        def scored(rows: list[Scored]) -> list[Scored]:
+            return [(g, fix.get(tuple(g), f)) for g, f in rows]
+
+        state.fitness = [fix.get(tuple(g), f) if f is not None else f
+                         for g, f in zip(state.population, state.fitness, strict=True)]
+        state.parents, state.archive = scored(state.parents), scored(state.archive)
+        state.hall_of_fame = sorted(scored(state.hall_of_fame), key=lambda kv: -kv[1])
 
     def best(self, state: GAState) -> Scored | None:
         """Best (genes, fitness) recorded so far, or None if every evaluation failed."""
@@ -412,6 +465,14 @@ class GeneticSearch:
                 f"GA state is for {state.num_student_layers} student / "
                 f"{state.num_teacher_layers} teacher layers, this search for {self.m} / {self.n}"
             )
+
+
+def resolve_strategy(cfg: SearchConfig, space) -> str:
+    """auto: enumerate when the space holds no more genomes than the budget, else the GA."""
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    budget = cfg.budget if cfg.budget is not None else cfg.population * cfg.generations
+    return "exhaustive" if space.size() <= budget else "ga"
 
 
 def run(

@@ -60,25 +60,31 @@ class EvaluatorActor:
             node = "local"
         self.where = f"{node}/{socket.gethostname()}:{os.getpid()}"
 
-    def evaluate(self, genes: list[int], num_teacher_layers: int, prior: dict | None = None) -> dict:
-        """One candidate; ``prior`` is its cached record, whose units need not be run again."""
-        mapping = Mapping(tuple(genes), num_teacher_layers)
-        if prior is None:
-            ev = self.evaluator.evaluate(mapping)
-        else:
-            ev = self.evaluator.evaluate(mapping, prior=Evaluation.from_dict(prior))
+    def evaluate(self, genes: list[int], num_teacher_layers: int, prior: dict | None = None,
+                 init: list[int] | None = None, units: list | None = None) -> dict:
+        """One candidate; ``prior`` is its cached record, whose units need not be run again;
+        ``units`` limits the work to a racing rung's (slice seed, fine-tune seed) pairs."""
+        mapping = Mapping(tuple(genes), num_teacher_layers, None if init is None else tuple(init))
+        kwargs = {} if units is None else {"units": [tuple(u) for u in units]}
+        if prior is not None:
+            kwargs["prior"] = Evaluation.from_dict(prior)
+        ev = self.evaluator.evaluate(mapping, **kwargs)
         ev.worker = self.where
         return ev.to_dict()  # plain data across the process boundary
 
     def evaluate_pack(self, genes: list[list[int]], num_teacher_layers: int,
-                      priors: list[dict | None] | None = None) -> list[dict]:
+                      priors: list[dict | None] | None = None, inits: list | None = None,
+                      units: list | None = None) -> list[dict]:
         """Several candidates sharing one teacher pass per batch (see packed.py)."""
-        mappings = [Mapping(tuple(g), num_teacher_layers) for g in genes]
+        inits = inits or [None] * len(genes)
+        mappings = [Mapping(tuple(g), num_teacher_layers, None if i is None else tuple(i))
+                    for g, i in zip(genes, inits, strict=True)]
         records = [None if p is None else Evaluation.from_dict(p) for p in (priors or [None] * len(genes))]
+        kwargs = {} if units is None else {"units": [tuple(u) for u in units]}
         if hasattr(self.evaluator, "evaluate_pack"):
-            evs = self.evaluator.evaluate_pack(mappings, records)
+            evs = self.evaluator.evaluate_pack(mappings, records, **kwargs)
         else:  # an evaluator without packing evaluates them in turn
-            evs = [self.evaluator.evaluate(m) if r is None else self.evaluator.evaluate(m, prior=r)
+            evs = [self.evaluator.evaluate(m, **kwargs) if r is None else self.evaluator.evaluate(m, prior=r, **kwargs)
                    for m, r in zip(mappings, records, strict=True)]
         for ev in evs:
             ev.worker = self.where
@@ -121,8 +127,9 @@ class _Job:
     attempts: int = 0
 
     def failed(self, why: str, error: str = "") -> Evaluation:
+        init = None if self.mapping.init is None else list(self.mapping.init)
         return Evaluation(list(self.mapping.genes), self.mapping.num_teacher_layers, "",
-                          status=f"failed: {why}"[:500], error=error)
+                          status=f"failed: {why}"[:500], error=error, init=init)
 
 
 class EvaluatorPool:
@@ -186,14 +193,17 @@ class EvaluatorPool:
 
     def run(self, mappings: list[Mapping], on_result: Callable[[Evaluation], None],
             on_event: Callable[[str, Mapping], None] | None = None,
-            priors: dict[str, Evaluation] | None = None) -> list[Evaluation]:
+            priors: dict[str, Evaluation] | None = None,
+            units: list[tuple[int, int]] | None = None) -> list[Evaluation]:
         """Evaluate every mapping; ``on_result`` is called as each one finishes.
 
-        ``priors`` (by mapping key) are cached records whose units are not run again.
+        ``priors`` (by mapping key) are cached records whose units are not run again;
+        ``units`` limits every evaluation to these (slice seed, fine-tune seed) pairs.
         """
         import ray
         from ray.exceptions import RayError, RayTaskError
 
+        units = None if units is None else [list(u) for u in units]
         priors = priors or {}
         queue = deque(_Job(m, priors[m.key].to_dict() if m.key in priors else None) for m in mappings)
         in_flight: dict = {}  # object ref -> (actor, job)
@@ -208,11 +218,13 @@ class EvaluatorPool:
                 actor = self.ready.pop()
                 jobs = [queue.popleft() for _ in range(min(size, len(queue)))]
                 n_teacher = jobs[0].mapping.num_teacher_layers
+                inits = [None if j.mapping.init is None else list(j.mapping.init) for j in jobs]
                 if len(jobs) == 1:
-                    ref = actor.evaluate.remote(list(jobs[0].mapping.genes), n_teacher, jobs[0].prior)
+                    ref = actor.evaluate.remote(list(jobs[0].mapping.genes), n_teacher, jobs[0].prior, inits[0],
+                                                units)
                 else:
                     ref = actor.evaluate_pack.remote([list(j.mapping.genes) for j in jobs], n_teacher,
-                                                     [j.prior for j in jobs])
+                                                     [j.prior for j in jobs], inits, units)
                 in_flight[ref] = (actor, jobs)
                 for job in jobs:
                     job.attempts += 1

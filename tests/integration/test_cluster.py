@@ -51,7 +51,7 @@ def cluster():
 
 def search_raw(quickstart_raw, tmp_path, **search):
     raw = quickstart_raw
-    raw["search"].update({"population": 6, "generations": 3, "seed": 0,
+    raw["search"].update({"population": 6, "generations": 3, "seed": 0, "strategy": "ga", "racing": None,
                           "cache_dir": str(tmp_path / "evals"), **search})
     raw["ray"].update(num_evaluators=2, num_cpus=1, max_retries=2)
     return raw

@@ -123,7 +123,8 @@ def params(run: dict) -> dict[str, str]:
 def test_search_nests_children_on_the_server(server, quickstart_raw, tmp_path, credentials_in_env):
     raw = quickstart_raw
     raw["tracking"].update(uri=server, experiment="search-on-server")
-    raw["search"].update(population=4, generations=2, seed=0, cache_dir=str(tmp_path / "evals"))
+    raw["search"].update(population=4, generations=2, seed=0, strategy="ga", racing=None,
+                         cache_dir=str(tmp_path / "evals"))
     raw["ray"].update(num_evaluators=1, num_cpus=1)
     cfg = parse_config(raw)
     assert not [k for k, v in flatten(cfg.to_dict()).items() if PASSWORD in str(v)]

@@ -24,6 +24,7 @@ import ray.cloudpickle
 from mlflow.tracking import MlflowClient
 
 from layersearch.config import parse_config
+from layersearch.fitness import summarize
 from layersearch.mapping import Mapping
 from layersearch.search.driver import SearchDriver
 from layersearch.search.pool import EvaluatorPool
@@ -41,7 +42,7 @@ def local_ray():
 
 def search_raw(quickstart_raw, tmp_path, **search):
     raw = quickstart_raw
-    raw["search"].update({"population": 8, "generations": 5, "seed": 0,
+    raw["search"].update({"population": 8, "generations": 5, "seed": 0, "strategy": "ga", "racing": None,
                           "cache_dir": str(tmp_path / "evals"), **search})
     raw["ray"].update(num_evaluators=2, num_cpus=1)
     return raw
@@ -116,7 +117,7 @@ DRIVER_SCRIPT = textwrap.dedent("""
     from layersearch.search.driver import SearchDriver
     raw = json.loads({raw!r})
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    driver = SearchDriver(parse_config(raw), fitness_double.factory({markers!r}, delay=0.4),
+    driver = SearchDriver(parse_config(raw), fitness_double.{factory}({markers!r}, delay={delay}),
                           num_teacher_layers=6,
                           on_event=lambda k, p, i: print(k, i.get("run_id", ""), flush=True))
     result = driver.run(resume_run_id={resume!r})
@@ -124,9 +125,10 @@ DRIVER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _script(raw, markers, resume=None):
+def _script(raw, markers, resume=None, factory="factory", delay=0.4):
     tests = str(Path(__file__).resolve().parents[1])
-    return DRIVER_SCRIPT.format(tests=tests, raw=json.dumps(raw), markers=str(markers), resume=resume)
+    return DRIVER_SCRIPT.format(tests=tests, raw=json.dumps(raw), markers=str(markers), resume=resume,
+                                factory=factory, delay=delay)
 
 
 def test_sigkill_mid_generation_then_resume(quickstart_raw, tmp_path):
@@ -225,3 +227,102 @@ def test_resume_refuses_changed_search_settings_and_unreadable_checkpoints(quick
     other = client.create_run(client.get_experiment_by_name(raw["tracking"]["experiment"]).experiment_id)
     with pytest.raises(ResumeError, match="has no ga_state.json"):
         SearchDriver(parse_config(raw), fitness_double.factory(), num_teacher_layers=6).run(other.info.run_id)
+
+
+# --- racing -----------------------------------------------------------------------------
+
+def racing_raw(quickstart_raw, tmp_path, **search):
+    # The quickstart's three fine-tune seeds: one at the first rung, all three at the top.
+    return search_raw(quickstart_raw, tmp_path, **({"population": 6, "generations": 3,
+                                                    "racing": {"seeds": [1, 3], "reduction": 2}} | search))
+
+
+def _records(raw, spec):
+    from layersearch.search.cache import EvaluationCache
+
+    cache = EvaluationCache(raw["search"]["cache_dir"], spec)
+    return {p.stem: cache.get(Mapping.from_key(p.stem.replace("_", ":", 1)))
+            for p in cache.dir.glob("*.json")}
+
+
+def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(quickstart_raw, tmp_path):
+    raw = racing_raw(quickstart_raw, tmp_path)
+    markers = tmp_path / "markers"
+    driver = SearchDriver(parse_config(raw), fitness_double.unit_factory(str(markers)), num_teacher_layers=6)
+    result = driver.run()
+    records = _records(raw, driver.spec)
+    fine_tunes = [p.name for p in markers.iterdir()]
+    # Count the fine-tunes: one per unit held, none twice, so a promotion ran only the seeds it lacked.
+    assert not [n for n in fine_tunes if ".again-" in n]
+    assert len(fine_tunes) == sum(len(ev.units) for ev in records.values())
+    held = sorted(len(ev.units) for ev in records.values())
+    assert held[0] == 1 and held[-1] == 3  # some stopped at the first rung, some reached the top
+    assert sum(held) < 3 * len(held)  # racing spent less than every seed on every mapping
+    # Elites re-scored: every hall-of-fame member holds every seed, and ranks by that score.
+    for genes, fitness in result.state.hall_of_fame:
+        ev = records[Mapping(genes, 6).key.replace(":", "_")]
+        assert len(ev.units) == 3
+        assert fitness == pytest.approx(summarize(ev, ["sst2", "mrpc"]).fitness)
+    # The winner and uniform were raced at the top rung; the parent carries the verdict.
+    assert len(records[result.best.mapping.key.replace(":", "_")].units) == 3
+    assert len(records["6_2-4-6"].units) == 3
+    client, kids = children(raw, result.run_id)
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags["verdict"] in ("better", "indistinguishable", "worse")
+    assert {"winner_minus_uniform", "winner_minus_uniform_ci_low", "winner_minus_uniform_ci_high"} <= set(
+        parent.data.metrics)
+    e = result.versus_uniform.estimate
+    assert e.low <= parent.data.metrics["winner_minus_uniform"] <= e.high
+    # A promoted mapping's run holds one fitness per rung it reached.
+    winner = next(k for k in kids if k.data.params["mapping"] == result.best.mapping.key)
+    assert [m.step for m in client.get_metric_history(winner.info.run_id, "fitness")] == [0, 1]
+    assert len(kids) == len(records)
+
+
+def test_racing_search_killed_mid_rung_resumes_without_redoing_work(quickstart_raw, tmp_path):
+    raw = racing_raw(quickstart_raw, tmp_path)
+    markers = tmp_path / "markers"
+    script = _script(raw, markers, factory="unit_factory", delay=0.15)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run_id, done = None, 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        words = proc.stdout.readline().split()
+        if words[:1] == ["start"]:
+            run_id = words[1]
+        done += words[:1] == ["done"]
+        # Kill during generation 0's promotions: its first rung done, the second under way.
+        if words[:1] == ["done"] and done >= 8:
+            break
+    assert run_id, "the search never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name for p in markers.iterdir()}
+    out = subprocess.run([sys.executable, "-c", _script(raw, markers, resume=run_id, factory="unit_factory",
+                                                        delay=0.15)],
+                         capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    _, best_key, resumed_id = next(x for x in out.stdout.splitlines() if x.startswith("BEST")).split()
+    twins = [p.name for p in markers.iterdir() if ".again-" in p.name]
+    # At most the units in flight at the kill (run by a worker, never recorded) ran twice.
+    assert len({t.split(".again-")[0] for t in twins}) <= 2, twins
+    assert len(before) >= 8
+    events = [x.split()[0] for x in out.stdout.splitlines() if x.strip()]
+    assert events.count("cached") >= 6 and events.count("done") >= 1, events
+    # The uninterrupted search with the same seed ends with the same winner.
+    fresh = racing_raw(quickstart_raw, tmp_path / "fresh")
+    fresh["tracking"]["uri"] = f"sqlite:///{tmp_path / 'fresh.db'}"
+    ref = SearchDriver(parse_config(fresh), fitness_double.unit_factory(), num_teacher_layers=6).run()
+    assert ref.best.mapping.key == best_key and resumed_id == run_id
+
+
+def test_exhaustive_races_the_whole_small_space(quickstart_raw, tmp_path):
+    raw = racing_raw(quickstart_raw, tmp_path, strategy="auto", population=4, generations=6)
+    driver = SearchDriver(parse_config(raw), fitness_double.unit_factory(), num_teacher_layers=6)
+    assert driver.ga.strategy == "exhaustive"  # 21 genomes, budget 24
+    result = driver.run()
+    records = _records(raw, driver.spec)
+    assert len(records) == 21
+    assert result.best.mapping.key == "6:2-3-6"  # the double's target, found by enumeration
+    assert result.strategy == "exhaustive"

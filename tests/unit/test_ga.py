@@ -28,7 +28,7 @@ def distance_fitness(target):
 
 
 def make(**overrides) -> GeneticSearch:
-    base = {"population": 16, "generations": 15, "seed": 0}
+    base = {"population": 16, "generations": 15, "seed": 0, "strategy": "ga"}
     return GeneticSearch(SearchConfig(**(base | overrides)), M, N)
 
 
@@ -164,7 +164,7 @@ def test_no_heuristics_when_disabled_and_every_gen0_genome_in_space():
 
 
 def test_tiny_search_space_fills_the_population_anyway():
-    search = GeneticSearch(SearchConfig(population=6, seed_heuristics=False), 1, 2)
+    search = GeneticSearch(SearchConfig(population=6, seed_heuristics=False, strategy="ga"), 1, 2)
     assert search.start().population == [[2]] * 6  # fix_last leaves a single genome
 
 

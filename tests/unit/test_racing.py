@@ -1,0 +1,138 @@
+"""The search space (size, enumeration), strategies, racing rungs and promotion."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from layersearch.config import ConfigError, SearchConfig, parse_config
+from layersearch.search.ga import GeneticSearch
+from layersearch.search.racing import Ladder, Score, promote, race
+from layersearch.search.space import SearchSpace
+
+# --- the space ------------------------------------------------------------------
+
+@pytest.mark.parametrize("m, n", [(1, 3), (2, 4), (3, 6), (4, 5)])
+@pytest.mark.parametrize("allow_zero, monotone, fix_last", list(itertools.product([False, True], repeat=3)))
+def test_size_and_enumeration_match_brute_force(m, n, allow_zero, monotone, fix_last):
+    space = SearchSpace(SearchConfig(allow_zero=allow_zero, monotone=monotone, fix_last=fix_last), m, n)
+    low = 0 if allow_zero else 1
+    # The space is the fixed points of repair over every gene combination.
+    members = sorted(g for g in itertools.product(range(low, n + 1), repeat=m) if space.contains(g))
+    listed = list(space.enumerate())
+    assert listed == members  # lexicographic, complete, nothing outside
+    assert space.size() == len(members)
+
+
+def test_size_with_init_genes_and_the_issue_figures():
+    assert SearchSpace(SearchConfig(), 3, 6).size() == 21  # the quickstart: C(N+M-2, M-1)
+    assert SearchSpace(SearchConfig(), 4, 12).size() == 364  # bert-base -> 4 layers
+    assert SearchSpace(SearchConfig(allow_zero=True, monotone=False, fix_last=False), 3, 6).size() == 342
+    space = SearchSpace(SearchConfig(search_init=True), 2, 4)
+    members = [g for g in itertools.product(range(1, 5), repeat=4) if space.contains(g)]
+    assert space.size() == len(members) == len(list(space.enumerate())) == 4 * 10
+
+
+def test_strategy_auto_enumerates_when_the_space_fits_the_budget():
+    small = GeneticSearch(SearchConfig(population=4, generations=6), 3, 6)  # 21 genomes, budget 24
+    assert small.strategy == "exhaustive" and small.generations == 1
+    state = small.start()
+    assert sorted(map(tuple, state.population)) == sorted(small.space.enumerate())
+    big = GeneticSearch(SearchConfig(population=4, generations=5), 3, 6)  # budget 20 < 21
+    assert big.strategy == "ga"
+    assert GeneticSearch(SearchConfig(population=4, budget=30), 3, 6).strategy == "exhaustive"
+
+
+def test_random_strategy_draws_distinct_genomes_across_generations():
+    search = GeneticSearch(SearchConfig(population=5, generations=4, strategy="random", seed=3), 3, 6)
+    state, seen = search.start(), []
+    while not search.done(state):
+        seen += [tuple(g) for g in search.pending(state)]
+        search.tell(state, {g: float(sum(g)) for g in search.pending(state)})
+        state = search.advance(state)
+    assert len(seen) == 20 == len(set(seen))
+    assert all(search.space.contains(g) for g in seen)
+
+
+def test_old_strategy_names_still_choose_the_ga_variant():
+    cfg = SearchConfig(strategy="mu_plus_lambda")
+    assert (cfg.strategy, cfg.variant) == ("ga", "mu_plus_lambda")
+
+
+# --- init genes -----------------------------------------------------------------
+
+def test_init_genes_are_a_second_chromosome():
+    search = GeneticSearch(SearchConfig(search_init=True, allow_zero=True, strategy="ga", population=12,
+                                        generations=6, mutpb=1.0, indpb=0.5, seed=1), 3, 6)
+    assert [2, 4, 6, 2, 4, 6] in search.heuristic_genomes()  # uniform supervises and initialises
+    state = search.start()
+    rng = random.Random(0)
+    for _ in range(200):
+        a, b = (search.toolbox.clone(rng.choice(state.population)) for _ in range(2))
+        a, b = list(a), list(b)
+        search.toolbox.mate(a, b, rng=rng)
+        search.toolbox.mutate(a, rng=rng)
+        a = search.repair(a)
+        assert len(a) == 6 and all(1 <= g <= 6 for g in a[3:])  # init genes never name layer 0
+        assert a[3:] == sorted(a[3:])
+    mapping = search.space.mapping((0, 4, 6, 1, 3, 5))
+    assert mapping.genes == (0, 4, 6) and mapping.init == (1, 3, 5)
+    assert search.space.genome(mapping) == (0, 4, 6, 1, 3, 5)
+
+
+# --- rungs and promotion --------------------------------------------------------
+
+def test_ladder_rungs_nest_and_price_promotions():
+    ladder = Ladder([0, 1], [10, 11, 12], seeds=[1, 3], slices=[1, 2], reduction=2)
+    assert ladder.units(0) == [(0, 10)]
+    assert ladder.units(1) == [(0, 10), (0, 11), (0, 12), (1, 10), (1, 11), (1, 12)]
+    assert ladder.work(-1, 0) == (1, 1)
+    assert ladder.work(0, 1) == (2, 5)  # both slices distilled again, five new units
+    assert ladder.held({"s0-f10", "s0-f11"}) == 0 and ladder.held(set()) == -1
+    assert ladder.batch_work(4) == (4 * 1 + 2 * 2, 4 * 1 + 2 * 5)
+
+
+def test_racing_config_must_climb_to_every_seed(quickstart_raw):
+    raw = quickstart_raw
+    raw["search"]["racing"] = {"seeds": [1, 2]}
+    with pytest.raises(ConfigError, match="must rise to the 3 seed"):
+        parse_config(raw)
+    raw["search"]["racing"] = {"seeds": [3, 1, 3]}
+    with pytest.raises(ConfigError, match="each rung must add"):
+        parse_config(raw)
+    raw["search"]["racing"] = {"seeds": [1, 3], "reduction": 1}
+    with pytest.raises(ConfigError, match="reduction"):
+        parse_config(raw)
+
+
+def test_promotion_uses_intervals_not_only_means():
+    scores = {"a": Score(0.50, 0.45, 0.55), "b": Score(0.48, 0.40, 0.56), "c": Score(0.30, 0.25, 0.35),
+              "d": Score(None)}
+    # Half of four go up by mean...
+    assert promote(scores, 2) == ["a", "b"]
+    # ...but one clearly worse than the leader (its interval wholly below) never does,
+    # and a failure never does: with a reduction of 1.1 only a and b qualify.
+    assert promote(scores, 1.1) == ["a", "b"]
+    wide = {"a": Score(0.50, 0.45, 0.55), "e": Score(0.40, 0.10, 0.70)}
+    assert promote(wide, 1.5) == ["a", "e"]  # a low mean with a wide interval still may be best
+
+
+def test_race_promotes_only_the_best_and_reuses_lower_rungs():
+    ladder = Ladder([0], [0, 1, 2, 3], seeds=[1, 2, 4], reduction=2)
+    truth = {g: g / 10 for g in range(8)}
+    calls = []
+
+    def score_at(genomes, rung):
+        calls.append((rung, sorted(genomes)))
+        return {g: Score(truth[g], truth[g] - width, truth[g] + width) for g in genomes}
+
+    width = 0.15  # intervals overlap: halving alone decides
+    result = race(list(range(8)), ladder, score_at)
+    assert calls == [(0, list(range(8))), (1, [4, 5, 6, 7]), (2, [6, 7])]
+    assert result[7][0] == 2 and result[7][1].mean == 0.7 and result[0][0] == 0
+    calls.clear()
+    width = 0.01  # the first rung already separates them: only the leader goes up
+    race(list(range(8)), ladder, score_at)
+    assert calls == [(0, list(range(8))), (1, [7]), (2, [7])]
