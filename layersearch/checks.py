@@ -25,6 +25,12 @@ def environment_problems(cfg: Config) -> list[str]:
             student_config(teacher, cfg.student)
         except ModelError as exc:
             problems.append(str(exc))
+        n, m = teacher.num_hidden_layers, cfg.student.num_layers
+        layers = cfg.proxy.init_layers
+        if isinstance(layers, list) and (len(layers) != m or max(layers) > n):
+            problems.append(f"proxy.init_layers: {layers} must list {m} teacher layers in 1..{n}")
+        if layers in ("lower", "upper") and m > n:
+            problems.append(f"proxy.init_layers: '{layers}' needs a student no deeper than the teacher")
         if cfg.objective.terms.get("logit_kd", 0) > 0 and not has_mlm_head(teacher):
             problems.append(
                 "objective.terms.logit_kd: the teacher has no MLM head, so there are no "

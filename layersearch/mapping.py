@@ -181,8 +181,10 @@ def load_mapping(path: str | Path) -> tuple[Mapping, dict]:
             f"mapping: {path} has format_version {version!r}; this layersearch reads {MAPPING_FORMAT_VERSION}"
         )
     genes, init = data["genes"], data.get("init")
-    if not isinstance(genes, list) or not isinstance(init, list | None):
-        raise MappingError(f"mapping: {path} 'genes' and 'init' must be lists")
+    if not isinstance(genes, list):
+        raise MappingError(f"mapping: {path} 'genes' must be a list")
+    if not isinstance(init, list | None):
+        raise MappingError(f"mapping: {path} 'init' must be a list of teacher layers")
     return Mapping(tuple(genes), int(data["num_teacher_layers"]), None if init is None else tuple(init)), data
 
 

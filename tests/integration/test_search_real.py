@@ -22,7 +22,8 @@ def tiny_search(quickstart_raw, write_config, tmp_path):
     raw["proxy"]["slice_blocks"] = 64
     raw["proxy"]["train"].update(max_steps=3, batch_size=8)
     raw["tasks"]["finetune"].update(train_examples=64, dev_examples=64, batch_size=16, seeds=[0, 1])
-    raw["search"].update(population=4, generations=1, cache_dir=str(tmp_path / "evaluations"))
+    raw["search"].update(population=4, generations=1, cache_dir=str(tmp_path / "evaluations"),
+                         racing={"seeds": [1, 2], "reduction": 2}, final_race=1)
     raw["ray"].update(num_evaluators=1, num_cpus=1)
     yield raw, write_config(raw)
     ray.shutdown()
@@ -34,7 +35,15 @@ def test_search_states_its_verdict_and_show_compares_against_uniform(tiny_search
     out = runner.invoke(app, ["search", str(path), "--export", str(exported)])
     assert out.exit_code == 0, out.output
     assert "verdict:" in out.stdout and " ± " in out.stdout
+    # Live progress in a log: one line per finished evaluation with its rung and the ETA.
+    progress = [x for x in out.stdout.splitlines() if " | done " in x and "ETA" in x]
+    assert any("rung 1/2 (1 seeds)" in x for x in progress) and any("rung 2/2 (2 seeds)" in x for x in progress)
+    assert any("ETA -" not in x for x in progress)  # an estimate once evaluations have finished
+    assert "strategy auto -> ga" in out.stdout and "final race" in out.stdout
     record = json.loads(exported.read_text())
+    assert record["verdict"] in (*VERDICTS, "uniform")
+    # The winner is saved with the init its proxy students had (proxy.init_layers: uniform).
+    assert record["init"] == [2, 4, 6]
     run_id = record["search_run_id"]
     client = MlflowClient(raw["tracking"]["uri"])
     parent = client.get_run(run_id)
