@@ -35,7 +35,7 @@ from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
 from layersearch.search.ga import FAILED, GAState, GeneticSearch, update_hall_of_fame
 from layersearch.search.progress import Progress, Work
-from layersearch.search.racing import Ladder, Score, race
+from layersearch.search.racing import Ladder, Score, adjusted_means, race
 from layersearch.tracking import Tracker, flatten, log_evaluation
 
 CHECKPOINT = "ga_state.json"
@@ -125,12 +125,6 @@ class SearchDriver:
         ev = summarize(ev.restricted([unit_key(*u) for u in self.ladder.units(rung)]),
                        self.cfg.tasks.names, self.cfg.tasks.weights) if ev.ok and ev.units else ev
         return Score.of(ev), ev
-
-    def _standing(self, genome) -> tuple[int, Score]:
-        """A genome's best-founded score: at the highest rung it holds."""
-        mapping = self._mapping(genome)
-        rung = self._rung_of(mapping)
-        return rung, (self._score(mapping, rung)[0] if rung >= 0 else Score(None))
 
     # --- MLflow -------------------------------------------------------------
     def _start_parent(self) -> str:
@@ -321,14 +315,41 @@ class SearchDriver:
         self.progress.future = rest + Work(per_gen.distills * left, per_gen.units * left) + final
 
     # --- racing, elites, the final race ----------------------------------------
-    def _race(self, genomes: list, state: GAState) -> dict:
+    def _race(self, genomes: list, state: GAState) -> None:
         def on_rung(rung: int, entrants: list) -> None:
             self.progress.rung = rung
             self._plan(state, len(entrants))
 
         race(genomes, self.ladder, self._score_at, on_rung)
-        # The GA ranks each genome by its best-founded score (the cache may hold more seeds).
-        return {tuple(g): self._standing(g)[1].mean for g in genomes}
+
+    def _adjusted(self, state: GAState) -> dict[Genome, float | None]:
+        """The GA's fitness for every genome of this search: its mean over every unit it
+        holds, corrected for the units' shared effects (racing.adjusted_means), so genomes
+        raced to different rungs rank fairly; None for a failure."""
+        from layersearch.fitness.aggregate import unit_fitness
+
+        genomes = ({tuple(g) for g in state.population} | {g for g, _ in state.archive}
+                   | {g for g, _ in state.hall_of_fame}
+                   | {self.space.genome(Mapping.from_key(k)) for k in self.evaluations})
+        wanted = [unit_key(s, f) for s, f in self.units]
+        table, plain = {}, {}
+        for genome in genomes:
+            ev = self._stored(self._mapping(genome))
+            if ev is None:
+                continue
+            if not ev.ok or not ev.units:  # a failure, or a record without units (a test double)
+                plain[genome] = ev.fitness if ev.ok else None
+                continue
+            ev = ev.restricted(wanted)
+            table[genome] = unit_fitness(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
+        top = [unit_key(*u) for u in self.ladder.units(self.ladder.top)]
+        return plain | adjusted_means(table, top)
+
+    def _rescore(self, state: GAState, pending: list | None = None) -> None:
+        adjusted = self._adjusted(state)
+        if pending is not None:
+            self.ga.tell(state, {tuple(g): adjusted.get(tuple(g)) for g in pending})
+        self.ga.rescore(state, {g: f for g, f in adjusted.items() if f is not None})
 
     def _settle_elites(self, state: GAState) -> None:
         """Promote hall-of-fame members to the top rung before they can be called best.
@@ -345,7 +366,7 @@ class SearchDriver:
                 return
             self.on_event("elites", self.progress, {"genomes": [list(g) for g in below]})
             self._score_at(below, top)
-            self.ga.rescore(state, {g: self._standing(g)[1].mean for g in below})
+            self._rescore(state)
 
     def _final_race_mappings(self, state: GAState, only_known: bool = False) -> list[Mapping]:
         """The search's top mappings (by their standing) and the heuristics, uniform first."""
@@ -366,9 +387,8 @@ class SearchDriver:
         self.progress.phase = "final race"
         self.progress.future = Work()
         self.on_event("final", self.progress, {"mappings": [str(m) for m in entrants]})
-        genomes = [self.space.genome(m) for m in entrants]
-        self._score_at(genomes, self.ladder.top)
-        self.ga.rescore(state, {g: self._standing(g)[1].mean for g in genomes})
+        self._score_at([self.space.genome(m) for m in entrants], self.ladder.top)
+        self._rescore(state)
 
     def _winner(self) -> Mapping | None:
         """The best mean among the mappings that reached the top rung."""
@@ -502,8 +522,9 @@ class SearchDriver:
                     "reduction": self.ladder.reduction})
                 while not self.ga.done(state):
                     self.progress.generation = state.generation
-                    fitness = self._race(self.ga.pending(state), state)
-                    self.ga.tell(state, fitness)
+                    pending = self.ga.pending(state)
+                    self._race(pending, state)
+                    self._rescore(state, pending)
                     self._settle_elites(state)
                     populations.append([list(g) for g in state.population])
                     state = self.ga.advance(state)

@@ -9,8 +9,9 @@ they are compared like with like.
 
 Promotion uses the intervals, not the means alone: a candidate whose whole
 interval lies below the interval of the rung's leader is clearly worse and is
-never promoted, so when the first rung already separates the field fewer than
-1/``reduction`` go up; among the rest the best means go up.
+never promoted, so when a rung already separates the field fewer than
+1/``reduction`` go up; among the rest the best means go up. (On a rung of one
+unit the interval holds no seed noise, so there the means alone decide.)
 
 Nothing here runs an evaluation: ``race`` takes a function that scores genomes
 at a rung (the search driver's goes through the cache and the Ray pool; the
@@ -35,6 +36,7 @@ class Score:
     mean: float | None
     low: float | None = None
     high: float | None = None
+    units: int = 2  # behind the interval: with one, it holds no seed noise (the dev set only)
 
     @property
     def ok(self) -> bool:
@@ -47,7 +49,7 @@ class Score:
             return cls(None)
         low = ev.fitness if ev.fitness_ci_low is None else ev.fitness_ci_low
         high = ev.fitness if ev.fitness_ci_high is None else ev.fitness_ci_high
-        return cls(ev.fitness, low, high)
+        return cls(ev.fitness, low, high, ev.fitness_seeds or len(ev.units) or 2)
 
 
 class Ladder:
@@ -114,17 +116,54 @@ class Ladder:
         return distills, units
 
 
+def adjusted_means(table: dict[Hashable, dict[Hashable, float]], reference: Sequence[Hashable],
+                   sweeps: int = 200, tol: float = 1e-12) -> dict[Hashable, float]:
+    """Each genome's mean freed of its units' shared effects, so genomes scored on
+    different seeds can be ranked together.
+
+    Fine-tune seeds are shared by every mapping, and some are easier than others
+    (the same seed draws the same head init and data order for all): a mapping
+    scored on one easy seed would outrank mappings scored on all of them. Fit
+    y[g, u] = mu_g + beta_u by least squares (alternating means, which converge on
+    any connected design) with the unit effects averaging 0 over ``reference``
+    (the top rung's units that have data), so a genome holding exactly those
+    units keeps its plain mean and the others are put on the same scale.
+    """
+    genomes = [g for g, row in table.items() if row]
+    units = sorted({u for g in genomes for u in table[g]}, key=str)
+    ref = [u for u in reference if u in units] or units
+    beta = dict.fromkeys(units, 0.0)
+    mu: dict[Hashable, float] = {}
+    for _ in range(sweeps):
+        mu = {g: sum(y - beta[u] for u, y in table[g].items()) / len(table[g]) for g in genomes}
+        new = {}
+        for u in units:
+            rows = [table[g][u] - mu[g] for g in genomes if u in table[g]]
+            new[u] = sum(rows) / len(rows)
+        shift = sum(new[u] for u in ref) / len(ref)
+        new = {u: b - shift for u, b in new.items()}
+        moved = max((abs(new[u] - beta[u]) for u in units), default=0.0)
+        beta = new
+        if moved < tol:
+            break
+    return {g: sum(y - beta[u] for u, y in table[g].items()) / len(table[g]) for g in genomes}
+
+
 def promote(scores: dict[Hashable, Score], reduction: float) -> list[Hashable]:
     """The candidates of a rung that go up: at most ceil(n / reduction), best mean first.
 
     Failed candidates and those clearly worse than the leader (interval wholly
     below the leader's) stay; ties keep the given order, so a replay promotes the same.
+    A one-unit interval covers the dev set only, not seed noise (the larger part
+    at a proxy budget), so on a one-unit rung only the means decide.
     """
     ok = {g: s for g, s in scores.items() if s.ok}
     if not ok:
         return []
-    floor = max(s.low for s in ok.values())
-    alive = [g for g, s in ok.items() if s.high >= floor]
+    alive = list(ok)
+    if all(s.units >= 2 for s in ok.values()):
+        floor = max(s.low for s in ok.values())
+        alive = [g for g, s in ok.items() if s.high >= floor]
     alive.sort(key=lambda g: -ok[g].mean)
     return alive[: math.ceil(len(scores) / reduction)]
 

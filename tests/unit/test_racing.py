@@ -117,6 +117,9 @@ def test_promotion_uses_intervals_not_only_means():
     assert promote(scores, 1.1) == ["a", "b"]
     wide = {"a": Score(0.50, 0.45, 0.55), "e": Score(0.40, 0.10, 0.70)}
     assert promote(wide, 1.5) == ["a", "e"]  # a low mean with a wide interval still may be best
+    # One-unit intervals know nothing of seed noise: they never eliminate.
+    single = {g: Score(s.mean, s.low, s.high, units=1) for g, s in scores.items()}
+    assert promote(single, 1.1) == ["a", "b", "c"]
 
 
 def test_race_promotes_only_the_best_and_reuses_lower_rungs():
@@ -126,13 +129,34 @@ def test_race_promotes_only_the_best_and_reuses_lower_rungs():
 
     def score_at(genomes, rung):
         calls.append((rung, sorted(genomes)))
-        return {g: Score(truth[g], truth[g] - width, truth[g] + width) for g in genomes}
+        return {g: Score(truth[g], truth[g] - width, truth[g] + width, units=len(ladder.units(rung)))
+                for g in genomes}
 
     width = 0.15  # intervals overlap: halving alone decides
     result = race(list(range(8)), ladder, score_at)
     assert calls == [(0, list(range(8))), (1, [4, 5, 6, 7]), (2, [6, 7])]
     assert result[7][0] == 2 and result[7][1].mean == 0.7 and result[0][0] == 0
     calls.clear()
-    width = 0.01  # the first rung already separates them: only the leader goes up
+    width = 0.01  # tight two-unit intervals separate them: only the leader goes up from rung 1
     race(list(range(8)), ladder, score_at)
-    assert calls == [(0, list(range(8))), (1, [7]), (2, [7])]
+    assert calls == [(0, list(range(8))), (1, [4, 5, 6, 7]), (2, [7])]
+
+
+def test_adjusted_means_remove_shared_seed_effects_on_an_unbalanced_design():
+    """Seed 0 is easy for everyone: a genome scored on it alone must not outrank genomes
+    scored on every seed; the adjustment recovers the true means exactly when y = mu + beta."""
+    mu = {"a": 0.30, "b": 0.35, "c": 0.25, "d": 0.40}
+    beta = {0: 0.10, 1: -0.04, 2: -0.06}  # averages 0 over the top rung's seeds
+    held = {"a": [0, 1, 2], "b": [0, 1, 2], "c": [0], "d": [0, 2]}
+    table = {g: {u: mu[g] + beta[u] for u in us} for g, us in held.items()}
+    plain = {g: sum(row.values()) / len(row) for g, row in table.items()}
+    assert plain["c"] > plain["a"]  # the bias: c looks better on its easy seed alone
+    adjusted = racing_adjusted(table)
+    assert adjusted == pytest.approx(mu, abs=1e-9)
+    assert adjusted["a"] == pytest.approx(plain["a"])  # a top-rung genome keeps its plain mean
+
+
+def racing_adjusted(table):
+    from layersearch.search.racing import adjusted_means
+
+    return adjusted_means(table, reference=[0, 1, 2])
