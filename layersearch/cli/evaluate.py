@@ -20,16 +20,15 @@ from layersearch.config import Config
 
 def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int = 0) -> list:
     """Seeded random mappings inside the search space (the GA's repair enforces it)."""
-    from layersearch.mapping import Mapping
     from layersearch.search.ga import GeneticSearch
 
     ga = GeneticSearch(cfg.search, cfg.student.num_layers, num_teacher_layers)
     rng = random.Random(seed)
-    out: list[Mapping] = []
+    out: list = []
     for _ in range(count * 20):
         if len(out) == count:
             break
-        m = Mapping(tuple(ga.random_genome(rng)), num_teacher_layers)
+        m = ga.space.mapping(ga.random_genome(rng))
         if m not in out:
             out.append(m)
     return out

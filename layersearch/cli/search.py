@@ -146,13 +146,13 @@ def search(config: ConfigArg,
         _download_best(Tracker(cfg.tracking), result.run_id, export_to)
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
-    say_verdict(result.best, result.versus_uniform)
+    say_verdict(result.best, result.versus_uniform, result.winner_is_uniform)
 
 
-def say_verdict(best, versus) -> None:
+def say_verdict(best, versus, winner_is_uniform: bool = False) -> None:
     """The search's answer in plain words: the winner against TinyBERT's uniform mapping."""
     if versus is None:
-        if best is not None and best.units and best.mapping.genes == _uniform_genes(best):
+        if winner_is_uniform:
             console.print(f"[bold]verdict:[/] the winner is the uniform mapping {best.mapping} itself")
         else:
             console.print("[bold]verdict:[/] no comparable record of uniform in this search (not evaluated, "
@@ -164,17 +164,12 @@ def say_verdict(best, versus) -> None:
     console.print(f"[bold]verdict:[/] {best.mapping} is [bold]{words[versus.verdict]}[/] uniform: "
                   f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], "
                   f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s)", highlight=False, soft_wrap=True)
-    console.print("  (Holm-corrected over every mapping the search evaluated, since the winner was chosen "
-                  "among them on these same seeds; the difference itself still carries the winner's luck)")
+    console.print("  (p is Holm-corrected over every mapping that reached every seed, since the winner was "
+                  "chosen among them on these same seeds; the interval is not adjusted, and the difference "
+                  "itself still carries the winner's luck)")
     if versus.verdict == "indistinguishable":
         console.print("  at this budget the search cannot tell its winner from uniform; more seeds "
                       "(tasks.finetune.seeds) or a larger proxy budget would narrow the interval")
-
-
-def _uniform_genes(ev) -> tuple:
-    from layersearch.mapping import heuristic
-
-    return heuristic("uniform", len(ev.genes), ev.num_teacher_layers).genes
 
 
 def _children(tracker, run_id: str):
@@ -224,8 +219,8 @@ def _fitness_cell(metrics: dict) -> str:
                            int(metrics.get("fitness_seeds", 0)))
 
 
-def _genes(child) -> list[int]:
-    keys = sorted((k for k in child.data.params if k.startswith("gene_")), key=lambda k: int(k[5:]))
+def _genes(child, prefix: str = "gene_") -> list[int]:
+    keys = sorted((k for k in child.data.params if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
     return [int(child.data.params[k]) for k in keys]
 
 
@@ -276,7 +271,9 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     params = run.data.params
     n, m = int(params["num_teacher_layers"]), int(params["num_student_layers"])
     reference = resolve_mapping(against, m, n)
-    ref_child = next((c for c in ranked if tuple(_genes(c)) == reference.genes), None)
+    # Under search.search_init the reference is uniform supervision with uniform init.
+    ref_child = next((c for c in ranked if tuple(_genes(c)) == reference.genes
+                      and _genes(c, "init_") in ([], list(reference.genes))), None)
     if ref_child is None:
         raise UserError(f"--against {against}: this search did not evaluate {reference}; run "
                         f"layersearch compare CONFIG -m {against} -m <mapping> instead")

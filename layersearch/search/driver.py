@@ -60,6 +60,7 @@ class SearchResult:
     seconds: float
     versus_uniform: object = None  # a fitness.Comparison of the best with uniform, when both were evaluated
     strategy: str = "ga"
+    winner_is_uniform: bool = False
 
 
 class SearchDriver:
@@ -107,12 +108,20 @@ class SearchDriver:
         records = [r for r in (here, cached) if r is not None]
         if not records:
             return None
-        return max(records, key=lambda r: (not r.ok, len(r.units)))  # a failure is final
+        # A failure the same inputs would repeat is final; a transient one (a lost worker,
+        # out of memory) never shadows the seeds already proven.
+        final = [r for r in records if not r.ok and r.cacheable]
+        if final:
+            return final[0]
+        good = [r for r in records if r.ok]
+        return max(good, key=lambda r: len(r.units)) if good else records[0]
 
     def _rung_of(self, mapping: Mapping) -> int:
-        """The highest rung ``mapping`` holds; a failure counts as the top (it is final)."""
+        """The highest rung ``mapping`` holds; a final failure counts as the top."""
         ev = self._stored(mapping)
         if ev is None:
+            return -1
+        if not ev.ok and not ev.cacheable:  # a transient failure with nothing proven
             return -1
         if not ev.ok or not ev.units:
             return self.ladder.top
@@ -156,7 +165,8 @@ class SearchDriver:
             self.cache.put(ev)
         key = ev.mapping.key
         known = self.evaluations.get(key)
-        if known is None or not ev.ok or len(ev.units) >= len(known.units):
+        if known is None or not known.ok or (ev.ok and len(ev.units) >= len(known.units)) or \
+                (not ev.ok and ev.cacheable):
             self.evaluations[key] = ev
         existing = self.children.get(key)
         if existing and existing[1] == "FINISHED" and existing[2] >= rung:
@@ -173,8 +183,10 @@ class SearchDriver:
         self.children[key] = (run_id, "FINISHED", rung)
 
     def _checkpoint(self, parent: str, state: GAState, populations: list) -> None:
+        # The resolved strategy too: auto decides from generations and budget, which a resume may raise.
         data = {"format": CHECKPOINT_FORMAT, "spec_key": self.spec, "search": self._search_settings(),
-                "units": [list(u) for u in self.units], "ga": state.to_dict(), "populations": populations}
+                "strategy": self.ga.strategy, "units": [list(u) for u in self.units], "ga": state.to_dict(),
+                "populations": populations}
         self.tracker.log_text(parent, json.dumps(data), CHECKPOINT)
 
     def _search_settings(self) -> dict:
@@ -215,6 +227,10 @@ class SearchDriver:
             # Fitnesses from other seeds would be ranked against these as if alike.
             raise ResumeError(f"--resume {parent}: proxy.slice_seeds or tasks.finetune.seeds changed since "
                               "it started; resume with the same seeds or start a new search")
+        if data.get("strategy") not in (None, self.ga.strategy):  # keep what auto chose at the start
+            self.ga = GeneticSearch(self.cfg.search, self.m, self.n, strategy=data["strategy"])
+            self.space = self.ga.space
+            self.progress.generations = self.ga.generations
         return state, populations
 
     def _log_generation(self, parent: str, state: GAState, populations: list) -> None:
@@ -270,7 +286,9 @@ class SearchDriver:
 
         def on_result(ev: Evaluation) -> None:
             self.ran += 1
-            p.finished_job(work.get(ev.mapping.key, Work()), ev)
+            prior = priors.get(ev.mapping.key)
+            p.finished_job(work.get(ev.mapping.key, Work()), ev if ev.ok else None,
+                           reused=set(prior.units) if prior is not None else set())
             self._record(ev, cached=False, rung=rung)
             scores[self.space.genome(ev.mapping)] = Score.of(ev)
             self._note(ev, "done", len(units))
@@ -301,8 +319,8 @@ class SearchDriver:
     def _plan(self, state: GAState, entrants: int = 0) -> None:
         """What the ETA expects after the current batch: the generations left and the final race."""
         left = max(0, self.ga.generations - state.generation - 1)
-        per_gen = Work(*self.ladder.batch_work(self.cfg.search.population)) if self.ga.strategy != "exhaustive" \
-            else Work()
+        per_gen = Work(*self.ladder.batch_work(self._new_per_generation(state))) \
+            if self.ga.strategy != "exhaustive" else Work()
         # The rest of this batch's race: the promotions it should make after the current rung.
         rest = Work()
         alive = entrants
@@ -310,9 +328,19 @@ class SearchDriver:
             alive = -(-alive // self.ladder.reduction)
             rest = rest + Work(*[alive * x for x in self.ladder.work(r - 1, r)])
         final = Work()
-        for mapping in self._final_race_mappings(state, only_known=True):
+        for mapping in self._final_race_mappings(state):
             final = final + Work(*self.ladder.work(self._rung_of(mapping), self.ladder.top))
         self.progress.future = rest + Work(per_gen.distills * left, per_gen.units * left) + final
+
+    def _new_per_generation(self, state: GAState) -> int:
+        """New genomes a later generation should bring: as many as this one did, or for
+        generation 0 what breeding leaves room for (elites and parents carry their scores)."""
+        cfg = self.cfg.search
+        if state.generation > 0 or self.ga.strategy == "random":
+            return len(self.ga.pending(state)) or 1
+        if cfg.variant == "mu_plus_lambda":
+            return cfg.offspring or cfg.population
+        return cfg.population - min(cfg.hall_of_fame, cfg.population - 1)
 
     # --- racing, elites, the final race ----------------------------------------
     def _race(self, genomes: list, state: GAState) -> None:
@@ -333,7 +361,7 @@ class SearchDriver:
                    | {self.space.genome(Mapping.from_key(k)) for k in self.evaluations})
         wanted = [unit_key(s, f) for s, f in self.units]
         table, plain = {}, {}
-        for genome in genomes:
+        for genome in sorted(genomes):  # sorted: the same sums in the same order after a resume
             ev = self._stored(self._mapping(genome))
             if ev is None:
                 continue
@@ -358,17 +386,23 @@ class SearchDriver:
         every seed it keeps its place only if it still ranks there.
         """
         top = self.ladder.top
+        tried: set = set()
         while True:
             scored = [(tuple(g), f) for g, f in zip(state.population, state.fitness, strict=True)]
             hof = update_hall_of_fame(state.hall_of_fame, scored, self.cfg.search.hall_of_fame)
             below = [g for g, f in hof if f != FAILED and self._rung_of(self._mapping(g)) < top]
+            if any(g in tried for g in below):  # a promotion that failed for a transient reason
+                self.on_event("warning", self.progress, {"message": "could not promote "
+                              f"{[list(g) for g in below if g in tried]} to every seed; it keeps its score"})
+                below = [g for g in below if g not in tried]
             if not below:
                 return
+            tried.update(below)
             self.on_event("elites", self.progress, {"genomes": [list(g) for g in below]})
             self._score_at(below, top)
             self._rescore(state)
 
-    def _final_race_mappings(self, state: GAState, only_known: bool = False) -> list[Mapping]:
+    def _final_race_mappings(self, state: GAState) -> list[Mapping]:
         """The search's top mappings (by their standing) and the heuristics, uniform first."""
         n = self.cfg.search.final_race
         if n == 0:
@@ -413,16 +447,20 @@ class SearchDriver:
         extra = {}
         if ev is not None and ev.fitness_ci_low is not None:
             extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds)
-        extra["verdict"] = versus.verdict if versus is not None else (
-            "uniform" if mapping == self._uniform() else "no comparison")
+        if mapping == self._uniform():
+            # Nothing beat uniform: the winner is uniform itself, a difference of 0 by definition.
+            extra.update(verdict="indistinguishable", winner_is_uniform=True)
+            self.tracker.set_tags(parent, {"verdict": "indistinguishable", "layersearch.winner_is_uniform": True})
+            self.tracker.log_metrics(parent, {"winner_minus_uniform": 0.0, "winner_minus_uniform_ci_low": 0.0,
+                                              "winner_minus_uniform_ci_high": 0.0})
+        else:
+            extra["verdict"] = versus.verdict if versus is not None else "no comparison"
         if versus is not None:
             extra["versus_uniform"] = versus.to_dict()
             e = versus.estimate
             self.tracker.set_tags(parent, {"verdict": versus.verdict})
             self.tracker.log_metrics(parent, {"winner_minus_uniform": e.mean, "winner_minus_uniform_ci_low": e.low,
                                               "winner_minus_uniform_ci_high": e.high})
-        elif mapping == self._uniform():
-            self.tracker.set_tags(parent, {"verdict": "uniform"})
         saved = self._with_proxy_init(mapping)
         with tempfile.TemporaryDirectory() as tmp:
             path = save_mapping(saved, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
@@ -532,9 +570,12 @@ class SearchDriver:
                     self._checkpoint(parent, state, populations)
                     self.on_event("generation", self.progress, {"record": state.logbook[-1]})
                 self._final_race(state)
+                self._checkpoint(parent, state, populations)  # with the final race's scores
                 best, versus = self._finish(parent, self._winner())
         finally:
             if self.pool is not None:
                 self.pool.shutdown()
                 self.pool = None
-        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus, self.ga.strategy)
+        is_uniform = best is not None and best.mapping == self._uniform()
+        return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus, self.ga.strategy,
+                            is_uniform)

@@ -33,6 +33,8 @@ from layersearch.config import ConfigError, SearchConfig
 
 STATE_FORMAT_VERSION = 1
 FAILED = float("-inf")  # fitness of a failed evaluation: loses every comparison
+# An exhaustive search lists its whole space in generation 0 (and its checkpoint).
+EXHAUSTIVE_LIMIT = 100_000
 
 Genome = tuple[int, ...]
 Scored = tuple[Genome, float]
@@ -118,7 +120,7 @@ class GAState:
             "population": [list(g) for g in self.population],
             "fitness": [_encode(f) for f in self.fitness],
             "parents": [{"genes": list(g), "fitness": _encode(f)} for g, f in self.parents],
-            "hall_of_fame": [{"genes": list(g), "fitness": f} for g, f in self.hall_of_fame],
+            "hall_of_fame": [{"genes": list(g), "fitness": _encode(f)} for g, f in self.hall_of_fame],
             "logbook": [dict(r) for r in self.logbook],
             "evaluated": self.evaluated,
             "archive": [{"genes": list(g), "fitness": _encode(f)} for g, f in self.archive],
@@ -141,7 +143,7 @@ class GAState:
             fitness=[_decode(f) for f in data["fitness"]],
             rng_state=(version, tuple(internal), gauss_next),
             parents=[(tuple(r["genes"]), _decode(r["fitness"])) for r in data["parents"]],
-            hall_of_fame=[(tuple(r["genes"]), r["fitness"]) for r in data["hall_of_fame"]],
+            hall_of_fame=[(tuple(r["genes"]), _decode(r["fitness"])) for r in data["hall_of_fame"]],
             logbook=[dict(r) for r in data["logbook"]],
             evaluated=data["evaluated"],
             archive=[(tuple(r["genes"]), _decode(r["fitness"])) for r in data.get("archive", [])],
@@ -256,6 +258,11 @@ class GeneticSearch:
         return mutate
 
     @property
+    def budget(self) -> int:
+        """First-rung evaluations the search may spend: search.budget, else population x generations."""
+        return self.cfg.budget if self.cfg.budget is not None else self.cfg.population * self.cfg.generations
+
+    @property
     def generations(self) -> int:
         """Generations to evaluate: one for exhaustive; budget / population when a budget is set."""
         if self.strategy == "exhaustive":
@@ -279,11 +286,15 @@ class GeneticSearch:
         for the GA the heuristics (if seed_heuristics), then random genomes."""
         rng = random.Random(self.cfg.seed)
         if self.strategy == "exhaustive":
+            if self.space.size() > EXHAUSTIVE_LIMIT:
+                raise ConfigError([f"search.strategy: exhaustive would race all {self.space.size():,} genomes of "
+                                   f"this space (the limit is {EXHAUSTIVE_LIMIT:,}); use ga or random, or "
+                                   "constrain the space (monotone, fix_last, allow_zero: false)"])
             pop = [list(g) for g in self.space.enumerate()]
             return GAState(self.m, self.n, 0, pop, [None] * len(pop), rng.getstate())
         size = self.cfg.population
         if self.strategy == "random":
-            pop = self._fresh_draws(size, set(), rng)
+            pop = self._fresh_draws(min(size, self.budget), set(), rng)
             return GAState(self.m, self.n, 0, pop, [None] * len(pop), rng.getstate())
         pop = self.heuristic_genomes()[:size] if self.cfg.seed_heuristics else []
         seen = {tuple(g) for g in pop}
@@ -354,7 +365,9 @@ class GeneticSearch:
         known = dict(state.archive) | dict(state.parents) | dict(scored) | dict(hof)
         if self.strategy in ("random", "exhaustive"):
             # No breeding: random draws genomes it has not drawn; exhaustive has drawn them all.
-            fresh = [] if self.strategy == "exhaustive" else self._fresh_draws(cfg.population, set(known), rng)
+            # Random search draws exactly its budget: the last generation may be smaller.
+            left = self.budget - len(known) if self.strategy == "random" else 0
+            fresh = self._fresh_draws(min(cfg.population, left), set(known), rng) if left > 0 else []
             return GAState(self.m, self.n, state.generation + 1, fresh, [None] * len(fresh), rng.getstate(),
                            hall_of_fame=hof, logbook=logbook, archive=list(known.items()))
         if cfg.variant == "simple":
@@ -409,7 +422,9 @@ class GeneticSearch:
         state.fitness = [fix.get(tuple(g), f) if f is not None else f
                          for g, f in zip(state.population, state.fitness, strict=True)]
         state.parents, state.archive = scored(state.parents), scored(state.archive)
-        state.hall_of_fame = sorted(scored(state.hall_of_fame), key=lambda kv: -kv[1])
+        # A member that failed when promoted leaves the hall of fame: failures never enter it.
+        state.hall_of_fame = sorted(((g, f) for g, f in scored(state.hall_of_fame) if f != FAILED),
+                                    key=lambda kv: -kv[1])
 
     def best(self, state: GAState) -> Scored | None:
         """Best (genes, fitness) recorded so far, or None if every evaluation failed."""

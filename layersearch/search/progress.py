@@ -69,20 +69,24 @@ class Progress:
         self.queued = max(0, self.queued - 1)
         self.running += 1
 
-    def finished_job(self, work: Work, ev=None) -> None:
+    def finished_job(self, work: Work, ev=None, reused: set | None = None) -> None:
+        """A job is over: its planned work leaves the books; only a success counts as done
+        (a failure's seconds would price work it never did)."""
         self.running = max(0, self.running - 1)
         self.outstanding = self.outstanding - work
-        self.done_work = self.done_work + work
         if ev is not None:
-            self.learn(ev)
+            self.done_work = self.done_work + work
+            self.learn(ev, reused or set())
 
-    def learn(self, ev) -> None:
-        """The seconds a distillation and a fine-tune unit took, from a finished record."""
-        for unit in (ev.units or {}).values():
+    def learn(self, ev, reused: set | None = None) -> None:
+        """The seconds a distillation and a fine-tune unit took, from the units this job ran
+        (``reused`` names the ones it brought from the cache)."""
+        new = {k: u for k, u in (ev.units or {}).items() if k not in (reused or set())}
+        for unit in new.values():
             tasks = unit.get("tasks", {})
             self.unit_seconds.append(sum(t.get("seconds", 0.0) for t in tasks.values()))
-        if "distill_s" in ev.timings:
-            slices = len({u.get("slice_seed") for u in (ev.units or {}).values()}) or 1
+        if "distill_s" in ev.timings and new:
+            slices = len({u.get("slice_seed") for u in new.values()})
             self.distill_seconds.append(ev.timings["distill_s"] / slices)
 
     def offer_best(self, genes, mean, low, high, seeds: int) -> None:

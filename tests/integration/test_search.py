@@ -326,3 +326,16 @@ def test_exhaustive_races_the_whole_small_space(quickstart_raw, tmp_path):
     assert len(records) == 21
     assert result.best.mapping.key == "6:2-3-6"  # the double's target, found by enumeration
     assert result.strategy == "exhaustive"
+
+
+def test_resume_keeps_the_strategy_auto_chose(quickstart_raw, tmp_path):
+    raw = racing_raw(quickstart_raw, tmp_path, strategy="auto", population=4, generations=2)
+    first = SearchDriver(parse_config(raw), fitness_double.unit_factory(), num_teacher_layers=6).run()
+    assert first.strategy == "ga"  # 21 genomes, budget 8
+    # Raising generations extends the search; auto would now choose exhaustive (budget 24),
+    # but a search keeps the strategy it started with.
+    raw["search"]["generations"] = 6
+    resumed = SearchDriver(parse_config(raw), fitness_double.unit_factory(), num_teacher_layers=6)
+    result = resumed.run(first.run_id)
+    assert result.strategy == "ga" and result.state.generation == 6
+    assert result.evaluated > 0

@@ -160,3 +160,30 @@ def racing_adjusted(table):
     from layersearch.search.racing import adjusted_means
 
     return adjusted_means(table, reference=[0, 1, 2])
+
+
+def test_random_search_draws_exactly_its_budget_and_exhaustive_refuses_a_huge_space():
+    search = GeneticSearch(SearchConfig(population=5, budget=13, strategy="random", seed=1), 3, 6)
+    state, drawn = search.start(), 0
+    while not search.done(state):
+        drawn += len(search.pending(state))
+        search.tell(state, {g: 0.0 for g in search.pending(state)})
+        state = search.advance(state)
+    assert drawn == 13
+    huge = GeneticSearch(SearchConfig(strategy="exhaustive", allow_zero=True, monotone=False, fix_last=False),
+                         6, 24)
+    with pytest.raises(ConfigError, match="exhaustive would race all"):
+        huge.start()
+
+
+def test_a_failed_promotion_leaves_the_hall_of_fame_and_the_state_stays_json():
+    from layersearch.search.ga import FAILED, GAState
+
+    search = GeneticSearch(SearchConfig(population=4, strategy="ga", hall_of_fame=2), 3, 6)
+    state = search.start()
+    search.tell(state, {tuple(g): 0.1 * i for i, g in enumerate(state.population)})
+    state = search.advance(state)
+    top = state.hall_of_fame[0][0]
+    search.rescore(state, {top: FAILED})
+    assert top not in dict(state.hall_of_fame)
+    assert GAState.from_json(state.to_json()).hall_of_fame == state.hall_of_fame
