@@ -219,6 +219,12 @@ def _fitness_cell(metrics: dict) -> str:
                            int(metrics.get("fitness_seeds", 0)))
 
 
+def _rung(child) -> int:
+    """The racing rung an evaluation reached: its rows rank only against rows of the same
+    rung (more seeds first), since a one-seed score is not comparable with a three-seed one."""
+    return int(child.data.tags.get("layersearch.rung", 0))
+
+
 def _genes(child, prefix: str = "gene_") -> list[int]:
     keys = sorted((k for k in child.data.params if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
     return [int(child.data.params[k]) for k in keys]
@@ -239,10 +245,10 @@ def show(run_id: RunIdArg, config: ConfigOpt = None, tracking_uri: UriOpt = "sql
     tasks = sorted({k.removeprefix("score/") for c in children for k in c.data.metrics
                     if k.startswith("score/")})
     table = Table(title=f"search {run_id} ({run.info.status}, {len(children)} evaluations; "
-                        "fitness ± 95% interval (seeds))")
+                        "fitness ± 95% interval (seeds), ranked within each racing rung, top rung first)")
     for col in ("rank", "mapping", *tasks, "fitness", "status", "cached", "worker"):
         table.add_column(col, justify="right" if col in tasks or col in ("rank", "fitness") else "left")
-    ranked = sorted(children, key=lambda c: -c.data.metrics.get("fitness", float("-inf")))
+    ranked = sorted(children, key=lambda c: (-_rung(c), -c.data.metrics.get("fitness", float("-inf"))))
     for i, c in enumerate(ranked[:top], 1):
         table.add_row(str(i), str(_genes(c)),
                       *[f"{c.data.metrics[f'score/{t}']:.3f}" if f"score/{t}" in c.data.metrics else "-"
@@ -260,8 +266,8 @@ def show(run_id: RunIdArg, config: ConfigOpt = None, tracking_uri: UriOpt = "sql
 def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     """Paired verdicts of a search's top mappings against a reference it evaluated; an MLflow run too.
 
-    The top rows were picked from every evaluation of the search, so Holm runs
-    over all of them against the reference, not over the rows shown.
+    The winner was picked from every mapping that reached the top rung, so Holm
+    runs over all of those against the reference, not over the rows shown.
     """
     from layersearch.cli.compare import report
     from layersearch.fitness import compare
@@ -277,14 +283,16 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     if ref_child is None:
         raise UserError(f"--against {against}: this search did not evaluate {reference}; run "
                         f"layersearch compare CONFIG -m {against} -m <mapping> instead")
-    shown = [c for c in ranked[:top] if c is not ref_child and c.data.metrics.get("fitness") is not None]
+    shown = [c for c in ranked[:top] if c is not ref_child and c.data.metrics.get("fitness") is not None
+             and _rung(c) == _rung(ranked[0])]
     if not shown:
         console.print(f"the top mapping is {against} {reference} itself: nothing to compare")
         return
     ref = load_evaluation(tracker, ref_child.info.run_id)
-    family = []  # (label, evaluation, shown?) for every evaluated mapping with a record
+    family = []  # (label, evaluation, shown?) for every mapping that could have won, with a record
+    top_rung = _rung(ranked[0]) if ranked else 0
     for c in ranked:
-        if c is ref_child or c.data.metrics.get("fitness") is None:
+        if c is ref_child or c.data.metrics.get("fitness") is None or _rung(c) < top_rung:
             continue
         ev = load_evaluation(tracker, c.info.run_id)
         if ev is not None:
@@ -299,7 +307,8 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,
                      tags={"layersearch.kind": "compare"}) as compare_id:
         report(tracker, compare_id, [c for c, _ in picked], ref, [o for _, o in picked])
-    console.print(f"(Holm over all {len(family)} evaluated mappings against {against}, shown or not)")
+    console.print(f"(Holm over all {len(family)} mappings against {against} that reached the top rung, "
+                  "shown or not: the winner was picked among them)")
 
 
 @user_errors
