@@ -32,6 +32,7 @@ only, and no comparison is called better or worse.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,6 +141,18 @@ def _bootstrap_counts(n: int, reps: int, rng: np.random.Generator) -> np.ndarray
     return rng.multinomial(n, np.full(n, 1.0 / n), size=reps).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_counts(sizes: tuple[tuple[str, int], ...], reps: int, seed: int) -> dict[str, np.ndarray]:
+    """Every task's resample counts for one seed: a pure function of the dev-set sizes, drawn
+    once per process (a search summarises hundreds of records over the same dev sets).
+    Read-only, so no caller can change what the next one gets."""
+    rng = np.random.default_rng(seed)
+    counts = {t: _bootstrap_counts(n, reps, rng) for t, n in sizes}
+    for c in counts.values():
+        c.flags.writeable = False
+    return counts
+
+
 def _estimate(unit_fn, labels: dict[str, np.ndarray], groups: Sequence | None,
               reps: int, seed: int, level: float) -> Estimate:
     """Mean of ``unit_fn(counts)`` over units, with seed and dev-set uncertainty.
@@ -150,8 +163,7 @@ def _estimate(unit_fn, labels: dict[str, np.ndarray], groups: Sequence | None,
     values = np.asarray(unit_fn(None), dtype=np.float64)
     u = len(values)
     mean = float(values.mean())
-    rng = np.random.default_rng(seed)
-    counts = {t: _bootstrap_counts(len(y), reps, rng) for t, y in sorted(labels.items())}
+    counts = _shared_counts(tuple((t, len(y)) for t, y in sorted(labels.items())), reps, seed)
     boot = np.asarray(unit_fn(counts), dtype=np.float64)  # [B, U]
     mean_var = float(np.var(boot.mean(axis=1), ddof=1))
     if u >= 2:
