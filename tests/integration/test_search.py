@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -339,3 +340,21 @@ def test_resume_keeps_the_strategy_auto_chose(quickstart_raw, tmp_path):
     result = resumed.run(first.run_id)
     assert result.strategy == "ga" and result.state.generation == 6
     assert result.evaluated > 0
+
+
+def test_search_init_genes_travel_to_the_evaluator_and_the_winner_file(quickstart_raw, tmp_path):
+    raw = racing_raw(quickstart_raw, tmp_path, search_init=True, strategy="ga", population=6, generations=2)
+    driver = SearchDriver(parse_config(raw), fitness_double.unit_factory(), num_teacher_layers=6)
+    result = driver.run()
+    records = _records(raw, driver.spec)
+    # Every evaluation carried its init genes to the evaluator: keys and records name them.
+    assert records and all("_init-" in k and ev.init is not None for k, ev in records.items())
+    client, kids = children(raw, result.run_id)
+    assert {"init_1", "init_2", "init_3"} <= set(kids[0].data.params)
+    assert result.best.mapping.init is not None
+    # The heuristics initialise from their own layers: uniform is [2, 4, 6] twice, raced at the top.
+    assert len(records["6_2-4-6_init-2-4-6"].units) == 3
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(result.run_id, "best_mapping.json", tmp)
+        saved = json.loads(Path(path).read_text())
+    assert saved["init"] == list(result.best.mapping.init) and saved["genes"] == list(result.best.mapping.genes)
