@@ -260,7 +260,9 @@ class RacingConfig(Strict):
 
     Rung r scores a candidate on the first ``seeds[r]`` fine-tune seeds of
     ``tasks.finetune.seeds`` (and the first ``slices[r]`` of
-    ``proxy.slice_seeds``); the last rung is every seed. Every new candidate
+    ``proxy.slice_seeds``). The top rung is always every seed: rungs beyond
+    the seeds there are fold into it, and one is added when the last falls
+    short, so ``--set tasks.finetune.seeds=[...]`` never breaks a config. Every new candidate
     gets the first rung; the best 1/``reduction`` of a generation (those not
     clearly worse by their intervals) go up a rung, reusing the seeds already run.
     """
@@ -378,20 +380,6 @@ class Config(Strict):
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _rungs_fit_the_seeds(self) -> Config:
-        racing = self.search.racing
-        if racing is None:
-            return self
-        n_ft, n_sl = len(self.tasks.finetune.seeds), len(self.proxy.slice_seeds)
-        if racing.seeds[-1] != n_ft or max(racing.seeds) > n_ft:
-            raise ValueError(f"search.racing.seeds: {racing.seeds} must rise to the {n_ft} seed(s) of "
-                             "tasks.finetune.seeds at the last rung (the top rung runs every seed)")
-        if racing.slices is not None and (racing.slices[-1] != n_sl or max(racing.slices) > n_sl):
-            raise ValueError(f"search.racing.slices: {racing.slices} must rise to the {n_sl} seed(s) of "
-                             "proxy.slice_seeds at the last rung")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -58,12 +58,15 @@ class Ladder:
     def __init__(self, slice_seeds: Sequence[int], finetune_seeds: Sequence[int],
                  seeds: Sequence[int] | None = None, slices: Sequence[int] | None = None,
                  reduction: float = 2.0):
-        seeds = list(seeds or [len(finetune_seeds)])
-        slices = list(slices or [len(slice_seeds)] * len(seeds))
+        n_ft, n_sl = len(finetune_seeds), len(slice_seeds)
+        seeds = list(seeds or [n_ft])
+        slices = list(slices or [n_sl] * len(seeds))
+        # Rungs beyond the seeds at hand fold into the top rung, which is always every unit.
+        sizes = [(min(a, n_ft), min(b, n_sl)) for a, b in zip(seeds, slices, strict=True)] + [(n_ft, n_sl)]
+        sizes = [x for i, x in enumerate(sizes) if i == 0 or x != sizes[i - 1]]
         self.reduction = reduction
         self.rungs: list[list[Unit]] = [
-            [(s, f) for s in slice_seeds[:n_sl] for f in finetune_seeds[:n_ft]]
-            for n_ft, n_sl in zip(seeds, slices, strict=True)
+            [(s, f) for s in slice_seeds[:b] for f in finetune_seeds[:a]] for a, b in sizes
         ]
 
     @classmethod
@@ -130,6 +133,8 @@ def adjusted_means(table: dict[Hashable, dict[Hashable, float]], reference: Sequ
     units keeps its plain mean and the others are put on the same scale.
     """
     genomes = [g for g, row in table.items() if row]
+    if not genomes:
+        return {}
     units = sorted({u for g in genomes for u in table[g]}, key=str)
     ref = [u for u in reference if u in units] or units
     beta = dict.fromkeys(units, 0.0)

@@ -94,11 +94,20 @@ def test_ladder_rungs_nest_and_price_promotions():
     assert ladder.batch_work(4) == (4 * 1 + 2 * 2, 4 * 1 + 2 * 5)
 
 
-def test_racing_config_must_climb_to_every_seed(quickstart_raw):
+def test_rungs_always_end_with_every_seed(quickstart_raw):
+    """Rungs beyond the seeds fold into the top rung and a missing top rung is added, so
+    changing tasks.finetune.seeds (compare on fresh seeds, a one-seed smoke run) never breaks racing."""
+    raw = quickstart_raw  # racing seeds [1, 3] over fine-tune seeds [0, 1, 2]
+    assert [len(r) for r in Ladder.of(parse_config(raw)).rungs] == [1, 3]
+    raw["tasks"]["finetune"]["seeds"] = [7]
+    assert [len(r) for r in Ladder.of(parse_config(raw)).rungs] == [1]  # no racing left
+    raw["tasks"]["finetune"]["seeds"] = [10, 11, 12, 13, 14]
+    assert Ladder.of(parse_config(raw)).rungs[-1] == [(0, f) for f in (10, 11, 12, 13, 14)]
+    assert [len(r) for r in Ladder.of(parse_config(raw)).rungs] == [1, 3, 5]
+
+
+def test_racing_config_must_climb(quickstart_raw):
     raw = quickstart_raw
-    raw["search"]["racing"] = {"seeds": [1, 2]}
-    with pytest.raises(ConfigError, match="must rise to the 3 seed"):
-        parse_config(raw)
     raw["search"]["racing"] = {"seeds": [3, 1, 3]}
     with pytest.raises(ConfigError, match="each rung must add"):
         parse_config(raw)
@@ -187,3 +196,7 @@ def test_a_failed_promotion_leaves_the_hall_of_fame_and_the_state_stays_json():
     search.rescore(state, {top: FAILED})
     assert top not in dict(state.hall_of_fame)
     assert GAState.from_json(state.to_json()).hall_of_fame == state.hall_of_fame
+
+
+def test_adjusted_means_of_nothing_is_nothing():
+    assert racing_adjusted({}) == {} and racing_adjusted({"a": {}}) == {}
