@@ -267,6 +267,25 @@ class EvaluatorPool:
                 results.append(ev)
         return results
 
+    def wait_started(self, timeout: float | None = None) -> int:
+        """Block until every actor being created has started or failed (or ``timeout`` s pass).
+
+        Returns how many actors are ready. ``run`` never needs this (it uses actors as they
+        start); a caller that wants work spread over the whole pool from the first job does.
+        """
+        import time
+
+        import ray
+
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.starting:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            done, _ = ray.wait(list(self.starting), num_returns=1, timeout=left)
+            if not done:
+                break
+            self._started(done[0])
+        return len(self.ready)
+
     def _pack_size(self) -> int:
         """ray.pack_size, or for "auto" what the first started evaluator suggests."""
         import ray

@@ -58,6 +58,9 @@ def children(raw, run_id):
 def test_pool_uses_two_actors_and_streams_results(quickstart_raw, tmp_path):
     cfg = parse_config(search_raw(quickstart_raw, tmp_path))
     pool = EvaluatorPool(cfg, fitness_double.factory(delay=0.3))
+    # Work goes to actors as they start; on a loaded machine one could finish all four
+    # before the other is up, so wait for both (the question here is the spreading).
+    assert pool.wait_started(timeout=120) == 2
     seen = []
     mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6)]]
     results = pool.run(mappings, seen.append)
@@ -194,7 +197,7 @@ def test_pool_dispatches_packs(quickstart_raw, tmp_path):
     cfg = parse_config(raw)
     pool = EvaluatorPool(cfg, fitness_double.factory(str(tmp_path / "markers"), delay=0.1))
     # Both actors up before dispatch: otherwise the first to start may take every pack (a race, seen in CI).
-    ray.get(list(pool.starting))
+    assert pool.wait_started(timeout=120) == 2
     started = []
     mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6), (1, 3, 6)]]
     results = pool.run(mappings, lambda ev: None, lambda kind, m: started.append((kind, m.genes)))
