@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fidelity.py                       # from the repository root
     .venv/bin/python bench/fidelity.py --seeds 5 --slices 2 --set tasks.finetune.epochs=2
+    .venv/bin/python bench/fidelity.py --precision-check --seeds 3 --slices 1   # fp32 vs bf16 ranking
 
 Evaluates at least 8 mappings (uniform, last, lower, upper and seeded random
 ones) of the config's search space at a high fidelity (``--seeds`` fine-tune
@@ -132,6 +133,34 @@ def cost(ev, units: list[str]) -> float:
     return sum(slices.values()) + sum(t["seconds"] for u in units for t in ev.units[u]["tasks"].values())
 
 
+def precision_check(args, overrides: list[str]) -> None:
+    """The same mappings and units in fp32 and in bf16: does the ranking hold?
+
+    Both the proxy distillation and the fine-tuning change precision. Prints each
+    mapping's fitness under both, their paired difference, Kendall tau between the
+    two rankings and the compute ratio, which decide whether ``auto`` may use bf16.
+    """
+    runs = {}
+    for value in ("fp32", "bf16"):
+        cfg = load_config(args.config, [*overrides, f"proxy.train.precision={value}",
+                                        f"tasks.finetune.precision={value}"])
+        n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+        print(f"\n{value}:", flush=True)
+        runs[value] = evaluate(cfg, mappings_for(cfg, n, args.mappings), args.workers)
+    print(f"\n{'mapping':10s} {'genes':12s} {'fp32':>8s} {'bf16':>8s} {'bf16-fp32':>10s}")
+    fp32 = [ev.fitness for _, ev in runs["fp32"]]
+    bf16 = [ev.fitness for _, ev in runs["bf16"]]
+    for (label, ev), b in zip(runs["fp32"], bf16, strict=True):
+        print(f"{label:10s} {str(ev.mapping):12s} {ev.fitness:8.4f} {b:8.4f} {b - ev.fitness:+10.4f}")
+    diffs = [b - a for a, b in zip(fp32, bf16, strict=True)]
+    seconds = {k: sum(cost(ev, list(ev.units)) for _, ev in v) for k, v in runs.items()}
+    print(f"\nbf16 - fp32 over mappings: mean {statistics.fmean(diffs):+.4f}, sd {statistics.stdev(diffs):.4f}; "
+          f"spread of fp32 fitness across mappings: sd {statistics.stdev(fp32):.4f}")
+    print(f"compute fp32 / bf16: {seconds['fp32'] / seconds['bf16']:.2f}x")
+    print(f"kendall tau fp32 vs bf16: {kendalltau(fp32, bf16).statistic:.2f} over {len(fp32)} mappings "
+          f"(auto may use bf16 at >= 0.9)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
@@ -140,9 +169,14 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=2, help="proxy slices at the high fidelity")
     ap.add_argument("--workers", type=int, default=2, help="evaluators in parallel, one core each")
     ap.add_argument("--set", action="append", default=[], help="dotted override KEY=VALUE")
+    ap.add_argument("--precision-check", action="store_true",
+                    help="evaluate every mapping in fp32 and in bf16 and compare the rankings")
     args = ap.parse_args()
     overrides = [*args.set, f"tasks.finetune.seeds={list(range(args.seeds))}",
                  f"proxy.slice_seeds={list(range(args.slices))}"]
+    if args.precision_check:
+        precision_check(args, overrides)
+        return
     cfg = load_config(args.config, overrides)
     names, weights = cfg.tasks.names, cfg.tasks.weights
     n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers

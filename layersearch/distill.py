@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from layersearch.config import TrainConfig
 from layersearch.cpu_memory import keep_freed_memory
 from layersearch.errors import UserError
 from layersearch.features import Requirements, extract
+from layersearch.precision import autocast
 
 CHECKPOINT_PREFIX = "checkpoint-"
 KEEP_CHECKPOINTS = 2
@@ -83,21 +84,14 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def training_device(precision: str) -> tuple[torch.device, AbstractContextManager]:
     """Where a training loop runs, and the mixed-precision context for its forward passes.
 
-    bf16 autocast for "bf16", or for "auto" on a GPU. On a CPU it also keeps freed
-    memory in the process (see ``cpu_memory``), which every training loop wants.
+    bf16 autocast for "bf16", or for "auto" where the device computes bf16 natively
+    (see ``precision``). On a CPU it also keeps freed memory in the process (see
+    ``cpu_memory``), which every training loop wants.
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         keep_freed_memory()
-    use_bf16 = resolve_precision(precision, device.type) == "bf16"
-    return device, (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext())
-
-
-def resolve_precision(precision: str, device_type: str) -> str:
-    """What ``auto`` means on a device kind: bf16 autocast on a GPU, fp32 elsewhere."""
-    if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
-    return precision
+    return device, autocast(precision, device.type)
 
 
 def _checkpoints(root: Path) -> list[Path]:

@@ -121,3 +121,38 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     share = seconds / len(members)
     return [m.error if m.error is not None else TrainResult(steps, tokens, share, m.curves)
             for m in members]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or a CPU allocator that could not get memory."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def split_on_oom(items: list, run, on_split=None) -> list:
+    """``run(items)`` (one outcome per item), so that one member's trouble stays its own.
+
+    Out of memory: the pack is halved and each half run again, down to one item,
+    whose outcome is then the error (a smaller pack may fit where a big one did
+    not, so no candidate is failed for its pack's size). Any other exception
+    from a pack of several: each item is run alone, so only the one that raises
+    fails. ``on_split(size)`` is told each retry's size (tests, logs).
+    """
+    try:
+        return run(items)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        if is_out_of_memory(exc):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = (len(items) + 1) // 2
+            parts = [items[:half], items[half:]]
+        else:
+            parts = [[item] for item in items]
+        out = []
+        for part in parts:
+            if on_split:
+                on_split(len(part))
+            out += split_on_oom(part, run, on_split)
+        return out

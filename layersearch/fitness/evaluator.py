@@ -14,6 +14,7 @@ comes back with status ``failed: <why>`` and no fitness, so a search keeps going
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import socket
 import time
@@ -22,10 +23,12 @@ import traceback
 import torch
 
 from layersearch.config import Config
+from layersearch.finetune import TaskEncodings
 from layersearch.fitness.aggregate import summarize
 from layersearch.fitness.record import Evaluation, pack_labels, unit_key
 from layersearch.fitness.spec import spec_key, units_of
 from layersearch.mapping import Mapping
+from layersearch.packed import split_on_oom
 
 
 class Evaluator:
@@ -45,6 +48,8 @@ class Evaluator:
         self._slices: dict[int, torch.Tensor] = {}
         self.slice(cfg.proxy.slice_seeds[0])  # fail at start-up, not in the first evaluation
         self.datasets = {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names}
+        # Tokenised once here, not per candidate and seed (it was ~16 s of each quickstart evaluation).
+        self.encoded = TaskEncodings(self.tokenizer, self.datasets, cfg.tasks.finetune)
         self.num_teacher_layers = self.teacher.config.num_hidden_layers
 
     def slice(self, seed: int) -> torch.Tensor:
@@ -66,21 +71,19 @@ class Evaluator:
         return cfg
 
     def suggest_pack_size(self, cap: int = 16) -> int:
-        """How many students to pack: from free GPU memory, or 4 on a CPU.
-
-        A student's training state is about 16 bytes per parameter (weights,
-        gradients, two Adam moments); activations are allowed as much again.
-        """
+        """How many students to pack: from free GPU memory, or 4 on a CPU (see ``pack_budget``)."""
         if self.device != "cuda":
             return 4
-        from layersearch.models import student_config
+        from layersearch.fitness.pack_budget import pack_size
 
-        scfg = student_config(self.teacher.config, self.cfg.student)
-        per_layer = 4 * scfg.hidden_size ** 2 + 2 * scfg.hidden_size * scfg.intermediate_size
-        params = scfg.vocab_size * scfg.hidden_size + scfg.num_hidden_layers * per_layer
-        need = 2 * 16 * params
         free, _ = torch.cuda.mem_get_info()
-        return max(1, min(cap, int(0.8 * free // need)))
+        return pack_size(free, self.teacher.config, self.cfg, cap, self.packed_finetune)
+
+    @property
+    def packed_finetune(self) -> bool:
+        """Whether a pack's students are fine-tuned together: on a GPU, unless the config says."""
+        packed = self.cfg.tasks.finetune.packed
+        return self.device == "cuda" if packed == "auto" else bool(packed)
 
     # --- records --------------------------------------------------------------
     def _wanted(self, units: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
@@ -131,21 +134,53 @@ class Evaluator:
         # WID's compactor model becomes an ordinary smaller model before fine-tuning.
         encoder = finish_student(student).base_model.to(self.device)
         results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets, self.device,
-                               progress, seeds=seeds)
+                               progress, seeds=seeds, encoded=self.encoded)
         ev.timings["finetune_s"] = ev.timings.get("finetune_s", 0.0) + time.perf_counter() - t0
-        first_slice = slice_seed == self.cfg.proxy.slice_seeds[0]
         for r in results:
-            unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
-                                       {"slice_seed": slice_seed, "finetune_seed": r.seed,
-                                        "distill_s": distill_s, "tasks": {}})
-            unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
-                                     "seconds": r.seconds, "steps": r.steps}
-            labels = pack_labels(r.labels)
-            if ev.dev_labels.setdefault(r.task, labels) != labels:
-                raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
-            ev.majority[r.task] = r.majority_baseline
-            if first_slice:  # curves of one slice are enough to look at
-                ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
+            self._record(ev, slice_seed, distill_s, r)
+
+    def _finetune_packed(self, members: list, slice_seed: int) -> None:
+        """``_finetune`` for a pack's members together: (evaluation, student, seeds, distill_s) each.
+
+        Per task and seed, the members that lack that unit are fine-tuned as one
+        vmapped pack; a member that fails (diverges) fails alone.
+        """
+        from layersearch.finetune_packed import finetune_pack
+        from layersearch.student import finish_student
+
+        encoders = [finish_student(st).base_model.to(self.device) for _, st, _, _ in members]
+        for task in self.cfg.tasks.names:
+            for seed in sorted({f for _, _, seeds, _ in members for f in seeds}):
+                idx = [i for i, (ev, _, seeds, _) in enumerate(members) if ev.ok and seed in seeds]
+                if not idx:
+                    continue
+                t0 = time.perf_counter()
+                outcomes = split_on_oom(
+                    idx, lambda part, task=task, seed=seed: finetune_pack(
+                        [encoders[i] for i in part], self.tokenizer, task, self.encoded,
+                        self.cfg.tasks.finetune, seed, self.device))
+                share = (time.perf_counter() - t0) / len(idx)
+                for i, out in zip(idx, outcomes, strict=True):
+                    ev, _, _, distill_s = members[i]
+                    ev.timings["finetune_s"] = ev.timings.get("finetune_s", 0.0) + share
+                    if isinstance(out, Exception):
+                        self._fail(ev, out)
+                    else:
+                        self._record(ev, slice_seed, distill_s, out)
+
+    def _record(self, ev: Evaluation, slice_seed: int, distill_s: float, r) -> None:
+        """One task result of one fine-tune seed into its unit."""
+        unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
+                                   {"slice_seed": slice_seed, "finetune_seed": r.seed,
+                                    "distill_s": distill_s, "tasks": {}})
+        unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
+                                 "seconds": r.seconds, "steps": r.steps}
+        labels = pack_labels(r.labels)
+        if ev.dev_labels.setdefault(r.task, labels) != labels:
+            raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
+        ev.majority[r.task] = r.majority_baseline
+        if slice_seed == self.cfg.proxy.slice_seeds[0]:  # curves of one slice are enough to look at
+            ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
 
     def _distilled(self, ev: Evaluation, result, slice_seed: int) -> None:
         if slice_seed == self.cfg.proxy.slice_seeds[0]:
@@ -195,8 +230,6 @@ class Evaluator:
         Same results as ``evaluate`` one by one (see packed.py); each slice's
         distillation wall time is shared equally among the members that needed it.
         """
-        from layersearch.packed import train_packed
-
         began = time.perf_counter()
         priors = priors or [None] * len(mappings)
         evs = [self._new(m, p, units) for m, p in zip(mappings, priors, strict=True)]
@@ -205,18 +238,23 @@ class Evaluator:
             if not members:
                 continue
             cfg, data = self.slice_config(s), self.slice(s)
-            built = self._build(cfg, members, data)
-            if not built:
-                continue
-            outcomes = train_packed([b[1] for b in built], self.teacher, [b[2] for b in built], data,
-                                    cfg.proxy.train, self.pad)
-            for (ev, student, _), out in zip(built, outcomes, strict=True):
+            # Out of memory halves the pack and retries with fresh students, down to one student
+            # (which then fails alone); another error is retried member by member.
+            outcomes = split_on_oom(members, functools.partial(self._distil_pack, cfg, data))
+            distilled = []
+            for (ev, _), out in zip(members, outcomes, strict=True):
                 if isinstance(out, Exception):
                     self._fail(ev, out)
                     continue
-                self._distilled(ev, out, s)
+                student, result = out
+                self._distilled(ev, result, s)
+                distilled.append((ev, student, self._todo(ev, s, units), result.seconds))
+            if self.packed_finetune:
+                self._finetune_packed(distilled, s)
+                continue
+            for ev, student, seeds, distill_s in distilled:
                 try:
-                    self._finetune(ev, student, s, self._todo(ev, s, units), progress, out.seconds)
+                    self._finetune(ev, student, s, seeds, progress, distill_s)
                 except Exception as exc:
                     self._fail(ev, exc)
         share = (time.perf_counter() - began) / len(mappings)
@@ -226,15 +264,25 @@ class Evaluator:
             ev.timings["total_s"] = sum(parts) if ev.ok else share
         return [self._finish(ev) for ev in evs]
 
-    def _build(self, cfg: Config, members: list, data: torch.Tensor) -> list:
-        """(evaluation, student, loss) for each member whose student can be built."""
+    def _distil_pack(self, cfg: Config, data: torch.Tensor, members: list) -> list:
+        """(student, TrainResult) or the exception, for each (evaluation, mapping) of ``members``.
+
+        Students are built here, so a retry of part of the pack starts from fresh ones.
+        """
+        from layersearch.packed import train_packed
         from layersearch.student import make_student
 
-        built = []
-        for ev, mapping in members:
+        out: list = []
+        for _, mapping in members:
             try:
                 student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
-                built.append((ev, student, loss))
-            except Exception as exc:
-                self._fail(ev, exc)
-        return built
+                out.append((student, loss))
+            except Exception as exc:  # a mapping that cannot be built fails alone, before training
+                out.append(exc)
+        live = [i for i, o in enumerate(out) if not isinstance(o, Exception)]
+        if live:
+            results = train_packed([out[i][0] for i in live], self.teacher, [out[i][1] for i in live], data,
+                                   cfg.proxy.train, self.pad)
+            for i, result in zip(live, results, strict=True):
+                out[i] = result if isinstance(result, Exception) else (out[i][0], result)
+        return out

@@ -67,7 +67,7 @@ def runtime_identity(device: str, precision: str) -> dict:
     import torch
     import transformers
 
-    from layersearch.distill import resolve_precision
+    from layersearch.precision import resolve_precision
 
     # The local build tag (+cpu, +cu121) names the kind of build, which the device
     # kind already covers: a CPU driver and its GPU workers must agree on the key.
@@ -82,6 +82,7 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     decides what ``precision: auto`` means.
     """
     from layersearch.data.slices import corpus_identity
+    from layersearch.precision import resolve_precision
 
     data = cfg.to_dict()
     corpus = {k: v for k, v in data["corpus"].items() if k != "cache_dir"}
@@ -94,8 +95,10 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     proxy["train"] = {**train, "precision": runtime["precision"]}
     # Task weights and order only combine units into a fitness, which is derived
     # again from the units on every read: they stay out of the key.
-    tasks = {"names": sorted(cfg.tasks.names),
-             "finetune": {k: v for k, v in data["tasks"]["finetune"].items() if k != "seeds"}}
+    # Packed fine-tuning gives the units one-at-a-time does; precision as resolved here.
+    finetune = {k: v for k, v in data["tasks"]["finetune"].items() if k not in ("seeds", "packed")}
+    finetune["precision"] = resolve_precision(cfg.tasks.finetune.precision, device)
+    tasks = {"names": sorted(cfg.tasks.names), "finetune": finetune}
     # The files' contents name local task data, wherever the folder lies.
     tasks["source"] = tasks_identity(cfg.tasks.source, cfg.tasks.names)
     return {

@@ -153,3 +153,71 @@ def test_compare_cli_verdicts_and_mlflow_records(quickstart_raw, write_config):
         assert "evaluation.json" in {a.path for a in client.list_artifacts(kid.info.run_id)}
     bad = runner.invoke(app, ["compare", str(path), "-m", "uniform", "-m", "2,4,6"])
     assert bad.exit_code != 0 and "same mapping" in bad.output
+
+
+def test_packed_finetuning_equals_one_by_one(quickstart_raw):
+    raw = tiny(quickstart_raw)
+    raw["tasks"]["finetune"].update(packed=True, seeds=[0, 1])
+    evaluator = Evaluator(parse_config(raw))
+    assert evaluator.packed_finetune
+    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6)]
+    packed = evaluator.evaluate_pack(mappings)
+    for m, p in zip(mappings, packed, strict=True):
+        alone = evaluator.evaluate(m)
+        assert p.ok and alone.ok, (p.status, alone.status)
+        assert sorted(p.units) == sorted(alone.units) == ["s0-f0", "s0-f1"]
+        for k, curve in alone.curves.items():  # distillation and every fine-tune, step by step
+            assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], rel=1e-3, abs=1e-4), k
+        for u in alone.units:
+            for task, rec in alone.units[u]["tasks"].items():
+                for name, value in rec["metrics"].items():
+                    assert p.units[u]["tasks"][task]["metrics"][name] == pytest.approx(value, abs=0.05), (u, task)
+
+
+def test_out_of_memory_halves_the_pack_and_loses_no_candidate(quickstart_raw, monkeypatch):
+    import torch
+
+    import layersearch.finetune_packed as finetune_packed
+    import layersearch.packed as packed
+
+    raw = tiny(quickstart_raw)
+    raw["tasks"]["finetune"]["packed"] = True
+    evaluator = Evaluator(parse_config(raw))
+    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6), Mapping((3, 4, 6), 6)]
+    reference = evaluator.evaluate_pack(mappings)
+
+    distil_sizes, finetune_sizes = [], []
+    real_train, real_finetune = packed.train_packed, finetune_packed.finetune_pack
+
+    def train_fits_one(students, *a, **k):  # as if only one student fitted beside the teacher
+        distil_sizes.append(len(students))
+        if len(students) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real_train(students, *a, **k)
+
+    def finetune_fits_two(encoders, *a, **k):
+        finetune_sizes.append(len(encoders))
+        if len(encoders) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_finetune(encoders, *a, **k)
+
+    monkeypatch.setattr(packed, "train_packed", train_fits_one)
+    monkeypatch.setattr(finetune_packed, "finetune_pack", finetune_fits_two)
+    shrunk = evaluator.evaluate_pack(mappings)
+    assert distil_sizes == [4, 2, 1, 1, 2, 1, 1]
+    assert finetune_sizes == [4, 2, 2] * 3  # per task: the pack, then its halves
+    for got, ref in zip(shrunk, reference, strict=True):
+        assert got.ok, got.status
+        # The retried halves start from fresh students: the same results as the unsplit pack.
+        assert got.fitness == pytest.approx(ref.fitness, abs=0.03)
+        assert [v for _, v in got.curves["distill/total"]] == pytest.approx(
+            [v for _, v in ref.curves["distill/total"]], rel=1e-4)
+
+    # One student alone still out of memory: that candidate fails, transiently, and alone.
+    def never_fits(students, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(packed, "train_packed", never_fits)
+    failed = evaluator.evaluate_pack(mappings[:2])
+    assert all(not ev.ok and "OutOfMemoryError" in ev.status for ev in failed)
+    assert not any(ev.cacheable for ev in failed)  # never stored: a later run tries again

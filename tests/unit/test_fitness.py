@@ -60,16 +60,26 @@ def test_fields_outside_the_spec_keep_the_key(quickstart_raw, section, key, valu
     assert spec_key(parse_config(raw)) == base
 
 
-def test_key_follows_the_resolved_precision_and_device(quickstart_raw):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_key_follows_the_resolved_precision_and_device(quickstart_raw, monkeypatch, native_bf16):
+    import layersearch.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native_bf16)
     auto = parse_config(quickstart_raw)
-    raw = copy.deepcopy(quickstart_raw)
-    raw["proxy"]["train"]["precision"] = "fp32"
-    fp32 = parse_config(raw)
-    # auto means fp32 on a CPU: the same units, so the same key ...
-    assert spec_key(auto, "cpu") == spec_key(fp32, "cpu")
-    # ... and bf16 on a GPU: other units.
+    keys = {}
+    for value in ("fp32", "bf16"):
+        raw = copy.deepcopy(quickstart_raw)
+        raw["proxy"]["train"]["precision"] = value
+        raw["tasks"]["finetune"]["precision"] = value
+        keys[value] = spec_key(parse_config(raw), "cpu")
+    # auto is what it resolves to on the device: the same units, so the same key ...
+    assert spec_key(auto, "cpu") == keys["bf16" if native_bf16 else "fp32"] != keys["fp32" if native_bf16 else "bf16"]
+    # ... and bf16 on a GPU.
     assert spec_key(auto, "cuda") != spec_key(auto, "cpu")
-    assert spec_key(auto, "cuda") != spec_key(fp32, "cuda")
+    # Packed fine-tuning gives the same units: not part of the key.
+    raw = copy.deepcopy(quickstart_raw)
+    raw["tasks"]["finetune"]["packed"] = True
+    assert spec_key(parse_config(raw), "cpu") == spec_key(auto, "cpu")
 
 
 def test_key_follows_task_file_contents(quickstart_raw, shared_data, tmp_path):

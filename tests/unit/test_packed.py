@@ -63,3 +63,28 @@ def test_a_diverging_member_does_not_stop_the_pack():
     first, second = train_packed(list(students), t, list(losses), DATA, CFG)
     assert isinstance(first, DivergenceError)
     assert len(second.curves["total"]) == 5
+
+
+def test_split_on_oom_halves_down_to_one_and_isolates_other_errors():
+    from layersearch.packed import split_on_oom
+
+    sizes = []
+
+    def run(items):  # out of memory above two items; item 5 raises on its own
+        sizes.append(len(items))
+        if len(items) > 2:
+            raise torch.OutOfMemoryError("out of memory")
+        if 5 in items:
+            raise ValueError("bad item 5")
+        return [i * 10 for i in items]
+
+    out = split_on_oom(list(range(7)), run)
+    assert out[:5] == [0, 10, 20, 30, 40] and out[6] == 60
+    assert isinstance(out[5], ValueError)  # the failing member fails alone
+    assert sizes == [7, 4, 2, 2, 3, 2, 1, 1, 1]
+    # A CPU allocator failure counts as out of memory; a plain bug in a one-item pack is its outcome.
+    assert split_on_oom([1], lambda items: (_ for _ in ()).throw(RuntimeError("boom")))[0].args == ("boom",)
+    from layersearch.packed import is_out_of_memory
+
+    assert is_out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
