@@ -25,8 +25,10 @@ TARGET = (2, 3, 6)
 
 class LandscapeEvaluator:
     def __init__(self, cfg, marker_dir: str | None = None, delay: float = 0.0,
-                 fail_on: tuple[int, ...] | None = None, hold_dir: str | None = None):
+                 fail_on: tuple[int, ...] | None = None, hold_dir: str | None = None,
+                 flaky_on: tuple[int, ...] | None = None):
         self.spec = spec_key(cfg)
+        self.flaky_on = flaky_on  # fails the first time only, as out of memory (needs marker_dir)
         self.marker_dir = Path(marker_dir) if marker_dir else None
         self.delay = delay
         self.fail_on = fail_on
@@ -55,6 +57,11 @@ class LandscapeEvaluator:
             if marker.exists():
                 marker = marker.with_name(marker.name + f".again-{os.getpid()}-{time.time_ns()}")
             marker.write_text(str(os.getpid()))
+        flag = self.marker_dir / f"flaky-{mapping.key.replace(':', '_')}" if self.marker_dir else None
+        if self.flaky_on and tuple(mapping.genes) == tuple(self.flaky_on) and not flag.exists():
+            flag.touch()
+            return Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec,
+                              status="failed: OutOfMemoryError: CUDA out of memory (injected)")
         if self.fail_on and tuple(mapping.genes) == tuple(self.fail_on):
             return Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec,
                               status="failed: DivergenceError: loss became nan at step 3")
@@ -66,12 +73,13 @@ class LandscapeEvaluator:
                           timings={"total_s": self.delay})
 
 
-def factory(marker_dir: str | None = None, delay: float = 0.0, fail_on=None, hold_dir: str | None = None):
+def factory(marker_dir: str | None = None, delay: float = 0.0, fail_on=None, hold_dir: str | None = None,
+            flaky_on=None):
     """A picklable factory for EvaluatorPool (Ray ships it to the actors by value)."""
     import functools
 
     return functools.partial(LandscapeEvaluator, marker_dir=marker_dir, delay=delay, fail_on=fail_on,
-                             hold_dir=hold_dir)
+                             hold_dir=hold_dir, flaky_on=flaky_on)
 
 
 class UnitLandscapeEvaluator:

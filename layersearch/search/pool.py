@@ -244,8 +244,17 @@ class EvaluatorPool:
                 actor, jobs = in_flight.pop(ref)
                 try:
                     out = ray.get(ref)
-                    finished.extend(Evaluation.from_dict(d) for d in (out if len(jobs) > 1 else [out]))
+                    evs = [Evaluation.from_dict(d) for d in (out if len(jobs) > 1 else [out])]
                     self.ready.append(actor)
+                    for job, ev in zip(jobs, evs, strict=True):
+                        # A transient failure (out of memory even alone, a flaky device) is
+                        # tried again like a lost worker's job, so it does not stay a failure.
+                        if not ev.ok and not ev.cacheable and job.attempts <= self.cfg.ray.max_retries:
+                            queue.append(job)
+                            if on_event:
+                                on_event("retry", job.mapping)
+                        else:
+                            finished.append(ev)
                 except RayTaskError as exc:  # the evaluator itself raised: a result, not a lost worker
                     self.ready.append(actor)
                     finished.extend(job.failed(_reason(exc), error=str(exc)) for job in jobs)

@@ -71,6 +71,23 @@ def test_pool_uses_two_actors_and_streams_results(quickstart_raw, tmp_path):
     assert max(r.fitness for r in results) == 1.0
 
 
+def test_pool_retries_a_transient_failure_but_not_a_final_one(quickstart_raw, tmp_path):
+    cfg = parse_config(search_raw(quickstart_raw, tmp_path))
+    pool = EvaluatorPool(cfg, fitness_double.factory(str(tmp_path / "markers"), flaky_on=(2, 3, 6),
+                                                     fail_on=(4, 5, 6)))
+    events = []
+    mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (4, 5, 6)]]
+    results = {tuple(r.genes): r for r in pool.run(mappings, lambda ev: None,
+                                                   lambda kind, m: events.append((kind, m.genes)))}
+    pool.shutdown()
+    # Out of memory once: tried again, and it stands with its fitness, not at -inf.
+    assert results[(2, 3, 6)].ok and results[(2, 3, 6)].fitness == 1.0
+    assert events.count(("retry", (2, 3, 6))) == 1
+    # A divergence would repeat: reported once, never retried.
+    assert not results[(4, 5, 6)].ok and ("retry", (4, 5, 6)) not in events
+    assert results[(1, 2, 6)].ok
+
+
 def test_search_logs_nested_children_and_best(quickstart_raw, tmp_path):
     raw = search_raw(quickstart_raw, tmp_path)
     cfg = parse_config(raw)
