@@ -157,6 +157,16 @@ def precision_check(args, overrides: list[str]) -> None:
     print(f"\nbf16 - fp32 over mappings: mean {statistics.fmean(diffs):+.4f}, sd {statistics.stdev(diffs):.4f}; "
           f"spread of fp32 fitness across mappings: sd {statistics.stdev(fp32):.4f}")
     print(f"compute fp32 / bf16: {seconds['fp32'] / seconds['bf16']:.2f}x")
+    # What a tau means at this fidelity: rankings by single units, bf16 against fp32 on the
+    # same unit, and fp32 against fp32 on another fine-tune seed (the noise ceiling).
+    names, weights = load_config(args.config).tasks.names, load_config(args.config).tasks.weights
+    per = {k: [unit_fitness(ev, names, weights) for _, ev in v] for k, v in runs.items()}
+    units = sorted(per["fp32"][0])
+    same = [kendalltau([u[x] for u in per["fp32"]], [u[x] for u in per["bf16"]]).statistic for x in units]
+    other = [kendalltau([u[x] for u in per["fp32"]], [u[y] for u in per["fp32"]]).statistic
+             for i, x in enumerate(units) for y in units[i + 1:]]
+    print(f"kendall tau by single units: bf16 vs fp32 on the same unit {statistics.fmean(same):.2f}; "
+          f"fp32 vs fp32 on another seed {statistics.fmean(other):.2f}")
     print(f"kendall tau fp32 vs bf16: {kendalltau(fp32, bf16).statistic:.2f} over {len(fp32)} mappings "
           f"(auto may use bf16 at >= 0.9)")
 

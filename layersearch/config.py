@@ -214,7 +214,7 @@ class FinetuneConfig(Strict):
     # Fine-tune seeds (head init, dropout, data order); each is one unit of
     # evidence per proxy slice, and more seeds narrow a fitness's interval.
     seeds: list[int] = [0]
-    # bf16 autocast: "auto" uses it where the device has native bf16 (see precision.py).
+    # bf16 autocast: "auto" = bf16 on a GPU, fp32 on a CPU (see precision.py for why).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Train a pack's students together (torch.func.vmap): the same results as one at a
     # time, faster where the device has parallelism to spare; "auto" = on a GPU only.

@@ -25,23 +25,30 @@ def test_native_bf16_read_from_cpu_flags(tmp_path, monkeypatch, flags, native):
     cpu_has_native_bf16.cache_clear()
     try:
         assert cpu_has_native_bf16() is native
+        # Native or not, auto stays fp32 on a CPU: bf16 did not keep the ranking (tau 0.71 < 0.9) ...
+        assert resolve_precision("auto", "cpu") == "fp32"
+        # ... unless that check passes and the switch is flipped: then only where bf16 is native.
+        monkeypatch.setattr(precision, "CPU_AUTO_BF16", True)
         assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
     finally:
         cpu_has_native_bf16.cache_clear()
 
 
 def test_auto_is_bf16_on_gpu_and_explicit_values_win(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cuda") == "bf16"
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("fp32", "cuda") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
     assert not isinstance(autocast("auto", "cpu"), torch.autocast)
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    ctx = autocast("auto", "cpu")
+    ctx = autocast("bf16", "cpu")
     assert isinstance(ctx, torch.autocast)
     with ctx:
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    # Asked for where it would be emulated: it still runs, with a warning that says so.
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        autocast("bf16", "cpu")
 
 
 def test_this_machine_flags_agree_with_proc_cpuinfo():
