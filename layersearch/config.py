@@ -258,6 +258,21 @@ class DistillConfig(Strict):
     corpus_blocks: PosInt | None = None
     train: TrainConfig = TrainConfig(max_steps=1000)
     output_dir: str = "outputs/student"
+    # Data-parallel Ray Train workers (one per GPU where there are GPUs). One
+    # worker on a local machine runs in this process; more, or a Ray cluster
+    # (ray.address / RAY_ADDRESS), run on Ray Train's TorchTrainer.
+    workers: PosInt = 1
+    cpus_per_worker: PosFloat = 1.0
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: when the cluster has GPUs
+    # Lost workers are restarted from the newest checkpoint this many times.
+    max_failures: NonNegInt = 3
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> DistillConfig:
+        if self.train.batch_size % self.workers:
+            raise ValueError(f"train.batch_size {self.train.batch_size} must be divisible by "
+                             f"workers ({self.workers}): each worker takes an equal share")
+        return self
 
 
 class RacingConfig(Strict):

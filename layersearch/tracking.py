@@ -88,9 +88,10 @@ class Tracker:
             self.end(run_id, "KILLED")
             raise
         except BaseException as exc:
-            # The reason travels with the run, so the UI shows why it failed.
+            # The reason travels with the run, so the UI shows why it failed
+            # (or why it stopped: an exception may name its own status, e.g. KILLED).
             self.client.set_tag(run_id, "layersearch.error", f"{type(exc).__name__}: {exc}"[:5000])
-            self.end(run_id, "FAILED")
+            self.end(run_id, getattr(exc, "run_status", "FAILED"))
             raise
         self.end(run_id, "FINISHED")
 

@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from layersearch.config import Config, WIDConfig
+from layersearch.distill.callbacks import TrainerCallback
 from layersearch.features import Requirements
 from layersearch.init import InitError, seed_layers
 from layersearch.losses import DistillLoss
@@ -447,7 +448,7 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
 # ---- the loss ---------------------------------------------------------------------------------
 
 
-class WIDLoss(nn.Module):
+class WIDLoss(TrainerCallback, nn.Module):
     """The WID objective for ``distill.train``: MLM or ``DistillLoss``, plus the compactor schedule.
 
     Implements the trainer's optional hooks: ``extra_terms`` (the MLM loss) and

@@ -3,14 +3,24 @@
 M is a heuristic name (uniform, last, lower, upper), a mapping JSON file, an
 explicit gene list such as ``2,4,6``, or a search run id. Writes a Hugging
 Face model directory (``distill.output_dir``) and one MLflow run with the
-config and genes as params, the loss curves as metrics, and the mapping,
-config and model as artifacts. A failure leaves no output directory and
-marks the run FAILED.
+config and genes as params, its lineage as tags (which search and mapping it
+came from), the loss curves and tokens/s as metrics, and the mapping, config
+and model as artifacts.
+
+``distill.workers: N`` runs N data-parallel Ray Train workers (see
+``distill.launch``). Checkpoints go to ``<output_dir>.checkpoints`` with
+``run.json``, which names the MLflow run and the config and mapping it
+belongs to: ``--resume`` checks both, continues that same run, and ends with
+the weights an uninterrupted run has. SIGTERM (preemption) writes a
+checkpoint and ends the run KILLED. A failure leaves no output directory and
+marks the run FAILED, keeping the checkpoints for ``--resume``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -18,62 +28,158 @@ import typer
 
 from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
 from layersearch.config import Config
+from layersearch.errors import UserError
 
 MappingOpt = Annotated[
     str,
     typer.Option("--mapping", "-m",
                  help="uniform | last | lower | upper | mapping.json | 2,4,6 | search run id"),
 ]
+RUN_STATE = "run.json"
+# Settings a resumed run may change: where and how widely it runs, not what it computes.
+RESUME_MAY_CHANGE = ("ray.", "distill.max_failures", "distill.cpus_per_worker", "distill.use_gpu")
+
+
+class ResumeError(UserError):
+    pass
+
+
+class DistillStopped(UserError):
+    """SIGTERM ended the run after a checkpoint; ``--resume`` continues it."""
+
+    exit_code = 143
+    run_status = "KILLED"  # how Tracker.run ends the MLflow run
 
 
 def mapping_params(mapping) -> dict[str, int | str]:
     """One param per gene, so MLflow's parallel-coordinates view can plot them."""
     params: dict[str, int | str] = {f"gene_{m}": g for m, g in enumerate(mapping.genes, 1)}
+    params.update({f"init_{m}": g for m, g in enumerate(mapping.init or [], 1)})
     params["mapping"] = mapping.key
     return params
+
+
+def _settings(cfg: Config) -> dict:
+    from layersearch.tracking import flatten
+
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if not k.startswith(RESUME_MAY_CHANGE)}
+
+
+def _read_state(ckpt_dir: Path) -> dict | None:
+    path = ckpt_dir / RUN_STATE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"{path} is unreadable ({type(exc).__name__}); delete {ckpt_dir} "
+                          "to start over") from None
+
+
+def check_resume(state: dict, cfg: Config, mapping) -> None:
+    """A resumed run must compute what the killed one did: same config, same mapping."""
+    now = _settings(cfg)
+    changed = sorted(k for k in set(now) | set(state["config"])
+                     if now.get(k) != state["config"].get(k))
+    if changed:
+        shown = ", ".join(f"{k} ({state['config'].get(k)!r} -> {now.get(k)!r})" for k in changed[:4])
+        raise ResumeError(f"--resume: the config differs from the run being resumed: {shown}"
+                          f"{' ...' if len(changed) > 4 else ''}; use the same config or start over")
+    saved = (state["genes"], state.get("init"))
+    if saved != (list(mapping.genes), list(mapping.init) if mapping.init else None):
+        raise ResumeError(f"--resume: the run being resumed used mapping {saved[0]} "
+                          f"(init {saved[1]}), not {list(mapping.genes)}; pass the same --mapping")
+
+
+def _fresh_checkpoint_dir(ckpt_dir: Path) -> None:
+    from layersearch.distill import latest_checkpoint
+
+    if latest_checkpoint(ckpt_dir) is not None:
+        state = _read_state(ckpt_dir) or {}
+        raise ResumeError(f"{ckpt_dir} holds checkpoints of run {state.get('run_id', '?')}: "
+                          "pass --resume to continue it, or delete the folder to start over")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # leftovers of a run that never checkpointed
+
+
+class _StopFileOnSigterm:
+    """In the driver of a Ray Train run: SIGTERM becomes a stop file the workers poll."""
+
+    def __init__(self, stop_file: Path) -> None:
+        self.stop_file = stop_file
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.stop_file.touch()
+        signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool = False,
                 progress: bool = True) -> tuple[str, Path]:
     """The distill job; returns (MLflow run id, model directory)."""
-    import json
-
-    from layersearch.data.slices import get_slice
-    from layersearch.distill import train
-    from layersearch.export import save_model_dir
-    from layersearch.models import load_teacher, load_tokenizer
-    from layersearch.resolve import resolve_any_mapping
-    from layersearch.student import finish_student, make_student
+    from layersearch.distill import clean_temporary
+    from layersearch.distill.job import (
+        STOP_FILE,
+        DistillJob,
+        raise_reported,
+        run_worker,
+        write_json_atomic,
+    )
+    from layersearch.distill.launch import fit_on_ray, use_ray
+    from layersearch.models import load_teacher_config
+    from layersearch.resolve import lineage_tags, resolve_any_mapping
     from layersearch.tracking import Tracker, flatten
 
     tracker = Tracker(cfg.tracking)
-    # WID trains with the MLM objective where the teacher has an MLM head.
-    teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
-                           mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0
-                           or cfg.student.init.method == "wid")
-    tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
     ckpt_dir = output_dir.with_name(output_dir.name + ".checkpoints")
-    with tracker.run(f"distill {mapping_spec}", tags={"layersearch.kind": "distill"}) as run_id:
+    state = _read_state(ckpt_dir) if resume else None
+    if resume and state is None:
+        raise ResumeError(f"--resume: no run to resume in {ckpt_dir} ({RUN_STATE} missing); "
+                          "drop --resume to start a new run")
+    if not resume:
+        _fresh_checkpoint_dir(ckpt_dir)
+    num_teacher_layers = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    tags = {"layersearch.kind": "distill"}
+    with tracker.run(f"distill {mapping_spec}", tags=tags,
+                     run_id=state["run_id"] if state else None) as run_id:
         # Resolved inside the run, so a bad mapping is on record as a FAILED run.
-        mapping = resolve_any_mapping(mapping_spec, cfg, teacher.config.num_hidden_layers)
-        tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping)})
-        tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
-        console.print(f"MLflow run [bold]{run_id}[/] ({cfg.tracking.uri}); mapping {mapping}")
-        data = get_slice(cfg.corpus, tokenizer, cfg.distill.corpus_blocks,
-                         cfg.distill.train.seed).input_ids
-        pad = tokenizer.pad_token_id or 0
-        student, loss, report = make_student(cfg, teacher, mapping, data, pad, tokenizer)
-        tracker.log_dict(run_id, report, "init_report.json")
-        result = train(student, teacher, loss, data, cfg.distill.train, pad_token_id=pad,
-                       checkpoint_dir=ckpt_dir, resume=resume, progress=progress)
-        tracker.log_series(run_id, {(k if k == "lr" else f"loss/{k}"): v
-                                    for k, v in result.curves.items()})
-        tracker.log_metrics(run_id, {"final_loss": result.final_loss,
-                                     "tokens_per_second": result.tokens_per_second,
-                                     "train_seconds": result.seconds})
-        mapping_json = json.dumps(mapping.to_json(cfg.teacher.model, list(loss.weights)), indent=2)
-        out = save_model_dir(finish_student(student), tokenizer, output_dir,
-                             {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
+        mapping = resolve_any_mapping(mapping_spec, cfg, num_teacher_layers)
+        if state is not None:
+            check_resume(state, cfg, mapping)
+        else:
+            tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping)})
+            tracker.set_tags(run_id, lineage_tags(mapping_spec, cfg))
+            tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            state = {"run_id": run_id, "config": _settings(cfg), "genes": list(mapping.genes),
+                     "init": list(mapping.init) if mapping.init else None,
+                     "mapping_spec": mapping_spec, "logged_through": 0}
+            write_json_atomic(ckpt_dir / RUN_STATE, state)
+        clean_temporary(ckpt_dir)
+        (ckpt_dir / STOP_FILE).unlink(missing_ok=True)
+        console.print(f"MLflow run [bold]{run_id}[/] ({cfg.tracking.uri}); mapping {mapping}; "
+                      f"{cfg.distill.workers} worker(s)" + ("; resuming" if resume else ""))
+        job = DistillJob(config=cfg.to_dict(), genes=list(mapping.genes),
+                         init=list(mapping.init) if mapping.init else None,
+                         checkpoint_dir=str(ckpt_dir), output_dir=str(output_dir), progress=progress)
+        if use_ray(cfg):
+            stopper = _StopFileOnSigterm(ckpt_dir / STOP_FILE)
+            try:
+                result = fit_on_ray(cfg, job, f"distill-{run_id}")
+            finally:
+                stopper.close()
+        else:
+            result = run_worker(job)
+        raise_reported(result)
+        _log_result(tracker, run_id, result, state["logged_through"])
+        if result["stopped"]:
+            state["logged_through"] = result["steps"]
+            write_json_atomic(ckpt_dir / RUN_STATE, state)
+            raise DistillStopped(f"stopped at step {result['steps']} of {result['total_steps']} "
+                                 f"(SIGTERM); checkpoint in {ckpt_dir}; continue with --resume")
+        out = output_dir
         tracker.log_artifact(run_id, out, "model")
         if cfg.tracking.registered_model:
             import mlflow
@@ -83,13 +189,28 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     return run_id, out
 
 
+def _log_result(tracker, run_id: str, result: dict, logged_through: int) -> None:
+    """Curves and tokens/s past what an earlier, stopped part of this run already logged."""
+    series = {(k if k == "lr" else f"loss/{k}"): [(s, v) for s, v in points if s > logged_through]
+              for k, points in result["curves"].items()}
+    series["tokens_per_second"] = [tuple(p) for p in result["speed"]]
+    tracker.log_series(run_id, series)
+    tracker.log_metrics(run_id, {"final_loss": result["curves"]["total"][-1][1]
+                                 if result["curves"].get("total") else float("nan"),
+                                 "tokens_per_second": result["tokens"] / max(result["seconds"], 1e-9),
+                                 "train_seconds": result["seconds"], "steps": result["steps"]})
+    if not logged_through:
+        tracker.log_dict(run_id, result["init_report"], "init_report.json")
+
+
 @user_errors
 def distill(
     config: ConfigArg,
     mapping: MappingOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Model directory (default distill.output_dir)")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run whose checkpoints are beside the "
+                                               "output directory")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Distil the teacher into a student with the given layer mapping."""
