@@ -185,3 +185,18 @@ def load_evaluation(tracker: Tracker, run_id: str):
         except Exception:
             return None
         return Evaluation.from_dict(json.loads(Path(path).read_text()))
+
+
+def runs_tagged(client, key: str, value: str) -> list:
+    """Runs of every active experiment whose tag ``key`` is ``value``, oldest first.
+
+    Every experiment, not only the search's: a distillation may be logged under
+    another ``tracking.experiment`` than the search that chose its mapping.
+    """
+    if "'" in value:
+        raise TrackingError(f"tag value {value!r} holds a quote; MLflow filters cannot match it")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    return list(client.search_runs(experiments, f"tags.`{key}` = '{value}'",
+                                   max_results=50000, order_by=["attributes.start_time ASC"]))

@@ -259,8 +259,30 @@ def show(run_id: RunIdArg, config: ConfigOpt = None, tracking_uri: UriOpt = "sql
     best = run.data.tags.get("layersearch.best_genes")
     if best:
         console.print(f"best mapping {best} (fitness {run.data.metrics.get('best_fitness', float('nan')):.4f})")
+    _show_distills(tracker, run_id)
     if against:
         _show_against(tracker, run, ranked, top, against)
+
+
+def _show_distills(tracker, run_id: str) -> None:
+    """The distill runs whose mapping came from this search (tag layersearch.search_run)."""
+    from layersearch.resolve import SEARCH_RUN_TAG
+    from layersearch.tracking import runs_tagged
+
+    runs = runs_tagged(tracker.client, SEARCH_RUN_TAG, run_id)
+    if not runs:
+        console.print("no distill run from this search yet")
+        return
+    table = Table(title=f"distill runs from search {run_id}")
+    table.add_column("run", no_wrap=True, min_width=32)  # an id is copied whole, never folded
+    for col in ("status", "mapping", "final_loss", "output dir"):
+        table.add_column(col, justify="right" if col == "final_loss" else "left", overflow="fold")
+    for r in runs:
+        params, loss = r.data.params, r.data.metrics.get("final_loss")
+        table.add_row(r.info.run_id, r.info.status, str(_genes(r) or params.get("mapping", "-")),
+                      "-" if loss is None else f"{loss:.4f}",
+                      params.get("output_dir") or params.get("distill.output_dir") or "-")
+    console.print(table)
 
 
 def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
@@ -332,7 +354,12 @@ def _download_best(tracker, run_id: str, output: Path):
             path = tracker.client.download_artifacts(run_id, "best_mapping.json", tmp)
         except Exception:
             raise UserError(f"run {run_id} has no best_mapping.json; has the search finished?") from None
-        mapping, _ = load_mapping(path)  # validate before handing it on
+        mapping, record = load_mapping(path)  # validate before handing it on
         output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, output)
+        if record.get("search_run_id"):
+            shutil.copyfile(path, output)
+        else:
+            # Written before searches named themselves in the file: add it, so that a
+            # distillation from this file is traced back to its search (lineage tags, show).
+            output.write_text(json.dumps({**record, "search_run_id": run_id}, indent=2) + "\n")
     return mapping
