@@ -149,7 +149,8 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
         if state is not None:
             check_resume(state, cfg, mapping)
         else:
-            tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping)})
+            tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping),
+                                        "output_dir": str(output_dir)})
             tracker.set_tags(run_id, lineage_tags(mapping_spec, cfg))
             tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
             ckpt_dir.mkdir(parents=True, exist_ok=True)

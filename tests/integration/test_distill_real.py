@@ -101,16 +101,54 @@ def test_nan_loss_fails_cleanly(distill_config, tmp_path, monkeypatch):
     assert "DivergenceError" in runs[0].data.tags["layersearch.error"]
 
 
-def test_corrupt_checkpoint_fails_cleanly_and_resume_works(distill_config, tmp_path):
+def _fail_after(monkeypatch, step):
+    """The loss turns NaN after ``step`` optimizer steps: a run that dies past a checkpoint."""
+    from layersearch.losses import DistillLoss
+
+    real, calls = DistillLoss.forward, {"n": 0}
+
+    def poisoned(self, s, t):
+        terms = real(self, s, t)
+        calls["n"] += 1
+        if calls["n"] > step:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(DistillLoss, "forward", poisoned)
+
+
+def test_a_failed_run_keeps_its_checkpoints_and_a_corrupt_one_fails_cleanly(distill_config, tmp_path,
+                                                                             monkeypatch):
     path, raw = distill_config
     out = tmp_path / "student"
-    ckpt = tmp_path / "student.checkpoints" / "checkpoint-4"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text('{"step": 4, "curves": {}}')
-    (ckpt / "student.safetensors").write_bytes(b"\x00garbage")
+    _fail_after(monkeypatch, 5)
+    result = runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(out)])
+    assert result.exit_code == 1 and "loss became nan at step 6" in result.stderr
+    monkeypatch.undo()
+    ckpt = tmp_path / "student.checkpoints"
+    assert (ckpt / "checkpoint-4").is_dir() and (ckpt / "run.json").is_file()
+    # A new run must not silently overwrite them.
+    again = runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(out)])
+    assert again.exit_code == 1 and "pass --resume to continue it" in again.stderr
+    (ckpt / "checkpoint-4" / "student.safetensors").write_bytes(b"\x00garbage")
     result = runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(out), "--resume"])
     assert result.exit_code == 1
     assert "checkpoint" in result.stderr and "corrupt or incomplete" in result.stderr
     assert not out.exists()
     _, runs = _runs(raw)
-    assert runs[0].info.status == "FAILED"
+    assert [r.info.status for r in runs] == ["FAILED"]  # the resume reopened the same run
+
+
+def test_resume_refuses_another_config_or_mapping(distill_config, tmp_path, monkeypatch):
+    path, raw = distill_config
+    out = tmp_path / "student"
+    _fail_after(monkeypatch, 5)
+    runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(out)])
+    monkeypatch.undo()
+    other = runner.invoke(app, ["distill", str(path), "-m", "upper", "-o", str(out), "--resume"])
+    assert other.exit_code == 1 and "used mapping [2, 4, 6]" in other.stderr, other.output
+    lr = runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(out), "--resume",
+                             "--set", "distill.train.learning_rate=0.01"])
+    assert lr.exit_code == 1 and "distill.train.learning_rate (0.0005 -> 0.01)" in lr.stderr, lr.output
+    none = runner.invoke(app, ["distill", str(path), "-m", "uniform", "-o", str(tmp_path / "x"), "--resume"])
+    assert none.exit_code == 1 and "no run to resume" in none.stderr
