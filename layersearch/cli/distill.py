@@ -41,16 +41,13 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     from layersearch.data.slices import get_slice
     from layersearch.distill import train
     from layersearch.export import save_model_dir
-    from layersearch.models import load_teacher, load_tokenizer
+    from layersearch.models import load_teacher_for, load_tokenizer
     from layersearch.resolve import resolve_any_mapping
     from layersearch.student import finish_student, make_student
     from layersearch.tracking import Tracker, flatten
 
     tracker = Tracker(cfg.tracking)
-    # WID trains with the MLM objective where the teacher has an MLM head.
-    teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
-                           mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0
-                           or cfg.student.init.method == "wid")
+    teacher = load_teacher_for(cfg, attentions=False)  # the evaluator's loader: same objective
     tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
     ckpt_dir = output_dir.with_name(output_dir.name + ".checkpoints")
     with tracker.run(f"distill {mapping_spec}", tags={"layersearch.kind": "distill"}) as run_id:

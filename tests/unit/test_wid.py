@@ -1,4 +1,5 @@
-"""WID on tiny random BERTs: exact start, exact merge, progressive marks, penalty, MLM, resume."""
+"""WID on tiny random BERTs: exact start, exact merge, progressive marks, capped penalty, MLM,
+resume, long runs, and one objective for search and distillation."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def test_merged_model_equals_the_pruned_compactor_model(hidden, heads, ffn, tmp_
 def test_marks_grow_to_the_target_and_the_penalty_grows():
     t = teacher()
     cfg = config(hidden=16, heads=2, ffn=32, mask_every=3, compress_until=0.5, penalty=0.2,
-                 penalty_growth=2.0)
+                 penalty_max=1.6)
     student, loss, _ = make_student(cfg, t, Mapping((2, 4), 4), None)
     seen = []
 
@@ -167,7 +168,9 @@ def test_marks_grow_to_the_target_and_the_penalty_grows():
     assert seen[5][1:4] == (16, 2, 32)  # compress_until 0.5 of 12 steps: the target at step 6
     assert seen[-1][1:4] == (16, 2, 32)
     weights = [s[4] for s in seen]
-    assert weights[:2] == [0, 0] and weights[2:] == pytest.approx([0.2] * 3 + [0.4] * 3 + [0.8] * 3 + [1.6])
+    # Half the marks at step 3: half way from 0.2 to 1.6 geometrically; the cap from step 6 on.
+    half = (0.2 * 1.6) ** 0.5
+    assert weights[:2] == [0, 0] and weights[2:] == pytest.approx([half] * 3 + [1.6] * 7)
     pen = dict(result.curves["wid_penalty"])
     assert pen[1] == 0 and pen[3] > 0
     assert set(result.curves) == {"embedding_mse", "hidden_mse", "attention_mse", "total", "lr",
@@ -177,7 +180,7 @@ def test_marks_grow_to_the_target_and_the_penalty_grows():
     parts = [result.curves[k] for k in ("embedding_mse", "hidden_mse", "attention_mse")]
     for (_, total), *terms in zip(totals, *parts, strict=True):
         assert total == pytest.approx(sum(v for _, v in terms), rel=1e-5)
-    # Marked groups lose 0.4 + 3 * 0.8 + 1.6 of norm after step 6 (they start near sqrt(2)).
+    # From step 6 marked groups lose 1.6 of norm a step (they start near sqrt(2)).
     assert float(penalty_norm(student)) < 1e-6
     norms = group_norms(student.encoder.layer[1])
     assert norms["ffn"][student.encoder.layer[1].wid_marks.ffn].max() < 1e-6
@@ -208,7 +211,7 @@ def _tokenizer():
 def test_an_mlm_teacher_trains_with_the_mlm_objective(tmp_path):
     tok = _tokenizer()
     t = teacher(mlm=True, vocab=len(tok))
-    cfg = config(hidden=16, heads=2, ffn=32, mask_every=2, penalty=0.05)
+    cfg = config(hidden=16, heads=2, ffn=32, mask_every=2, penalty=0.05, objective="mlm")
     student, loss, report = make_student(cfg, t, Mapping((2, 4), 4), None, tokenizer=tok)
     assert report["objective"] == ["mlm"] and loss.student_requirements() == Requirements()
     data = torch.randint(5, len(tok), (16, 12), generator=torch.Generator().manual_seed(2))
@@ -247,11 +250,17 @@ def test_finish_student_leaves_other_students_alone():
 
 
 def test_wid_config_is_validated():
-    assert config().student.init.wid.mask_every == 10
+    wid = config().student.init.wid
+    assert (wid.mask_every, wid.penalty_max, wid.objective) == (10, 1.0, "distill")
     with pytest.raises(Exception, match="student.init.wid.mask_evry: unknown key"):
         config(mask_evry=5)
-    with pytest.raises(Exception, match="student.init.wid.penalty_growth"):
-        config(penalty_growth=0.5)
+    with pytest.raises(Exception, match="student.init.wid: penalty_growth was removed.*penalty_max"):
+        config(penalty_growth=1.5)
+    with pytest.raises(Exception, match=r"student.init.wid.penalty_max: 0.01 is below penalty \(0.1\)"):
+        config(penalty=0.1, penalty_max=0.01)
+    assert config(penalty=0.1, penalty_max=0.1).student.init.wid.penalty_max == 0.1
+    with pytest.raises(Exception, match="student.init.wid.objective"):
+        config(objective="kd")
 
 
 def test_wid_loss_does_not_own_the_students_parameters():
