@@ -180,15 +180,15 @@ def make_wid_student(cfg: Config, teacher: PreTrainedModel, mapping: Mapping,
     """(compactor model, WIDLoss, init report), as ``student.make_student`` returns them."""
     n_teacher = teacher.config.num_hidden_layers
     layers = seed_layers(cfg.student.init, mapping, cfg.student.num_layers, n_teacher)
-    model = build_compactor_model(teacher, layers, target)
     wid = cfg.student.init.wid
+    if wid.objective == "mlm" and teacher.get_output_embeddings() is None:
+        raise InitError(
+            f"student.init.wid.objective: 'mlm' needs the teacher's masked-LM head, and "
+            f"'{cfg.teacher.model}' was loaded without one (load it with "
+            f"models.load_teacher_for); use 'distill'"
+        )
+    model = build_compactor_model(teacher, layers, target)
     if wid.objective == "mlm":
-        if teacher.get_output_embeddings() is None:
-            raise InitError(
-                f"student.init.wid.objective: 'mlm' needs the teacher's masked-LM head, and "
-                f"'{cfg.teacher.model}' was loaded without one (load it with "
-                f"models.load_teacher_for); use 'distill'"
-            )
         if tokenizer is None:
             from layersearch.models import load_tokenizer
 
