@@ -41,10 +41,10 @@ def config_for(base: dict, method: str, steps: int):
            "objective": OBJECTIVE}
     raw["proxy"]["train"]["max_steps"] = steps
     if method == "wid":
-        # About 20 markings; the target width is reached at 60% of the budget and
-        # the penalty has grown enough to zero it soon after, leaving steps to recover.
+        # About 20 markings; the target width is reached at 60% of the budget, where
+        # the penalty reaches its cap and zeroes the marked rows, leaving steps to recover.
         raw["student"]["init"]["wid"] = {"mask_every": max(1, steps // 20), "compress_until": 0.6,
-                                         "penalty": 0.01, "penalty_growth": 1.5}
+                                         "penalty": 0.01, "penalty_max": 1.0}
     return parse_config(raw)
 
 

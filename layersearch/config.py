@@ -68,7 +68,11 @@ class TeacherConfig(Strict):
 
 
 class WIDConfig(Strict):
-    """Weight-Inherited Distillation: how compactor rows are marked and pushed to zero."""
+    """Weight-Inherited Distillation: how compactor rows are marked and pushed to zero.
+
+    Marks and penalty follow the fraction of the budget spent (``wid.schedule``):
+    a 200-step proxy and a 100k-step distillation take the same curve.
+    """
 
     # Steps between updates of the marked (to-be-removed) compactor rows.
     mask_every: PosInt = 10
@@ -76,9 +80,35 @@ class WIDConfig(Strict):
     # the remaining steps train the final shape.
     compress_until: Annotated[float, Field(gt=0, le=1)] = 0.7
     # Group-lasso strength at the first marking: the norm each marked row loses
-    # per step (a proximal step), multiplied by penalty_growth at every later marking.
+    # per step (a proximal step). It grows geometrically with the fraction of
+    # the marks placed, reaching penalty_max when they reach the target
+    # (at compress_until), and stays there.
     penalty: PosFloat = 1e-3
-    penalty_growth: Annotated[float, Field(ge=1)] = 1.5
+    # The cap: at 1 a marked row of unit norm is gone in one step.
+    penalty_max: PosFloat = 1.0
+    # What WID trains: the configured objectives along the mapping (what the
+    # search ranks), or the masked-LM loss (the WID paper; needs a teacher with
+    # an MLM head). Search and distillation both follow this key.
+    objective: Literal["distill", "mlm"] = "distill"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_growth(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "penalty_growth" in data:
+            raise ValueError(
+                "penalty_growth was removed (a growth per marking overflowed long runs); "
+                "the penalty now grows from penalty to penalty_max by compress_until: "
+                "drop penalty_growth and set penalty_max"
+            )
+        return data
+
+    @field_validator("penalty_max")
+    @classmethod
+    def _cap_above_start(cls, cap: float, info) -> float:
+        start = info.data.get("penalty")  # absent when penalty itself failed validation
+        if start is not None and cap < start:
+            raise ValueError(f"{cap} is below penalty ({start}); the cap must be at least the start")
+        return cap
 
 
 class InitConfig(Strict):

@@ -19,7 +19,7 @@ from transformers import (
     PretrainedConfig,
 )
 
-from layersearch.config import StudentConfig
+from layersearch.config import Config, StudentConfig
 from layersearch.errors import UserError
 
 # Offline short names -> (package, attribute returning the model directory).
@@ -90,6 +90,30 @@ def load_teacher(
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def wants_mlm_head(cfg: Config) -> bool:
+    """Whether the config's objective reads the teacher's MLM head: logit KD, or WID on MLM."""
+    wid_mlm = cfg.student.init.method == "wid" and cfg.student.init.wid.objective == "mlm"
+    return cfg.objective.terms.get("logit_kd", 0) > 0 or wid_mlm
+
+
+def load_teacher_for(cfg: Config, attentions: bool = False) -> torch.nn.Module:
+    """The teacher as search and distillation both load it: the config alone picks the head.
+
+    One loader, so a proxy evaluation and the final distillation of the same
+    config train against the same teacher, with the same objective.
+    """
+    mlm = wants_mlm_head(cfg)
+    if mlm and cfg.objective.terms.get("logit_kd", 0) <= 0:
+        config = load_teacher_config(cfg.teacher.model, cfg.teacher.revision)
+        if not has_mlm_head(config):
+            raise ModelError(
+                f"student.init.wid.objective: 'mlm' needs a teacher with a masked-LM head and "
+                f"'{cfg.teacher.model}' has none; use 'distill'"
+            )
+    return load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=attentions,
+                        mlm_head=mlm)
 
 
 def load_tokenizer(name: str, revision: str | None = None):

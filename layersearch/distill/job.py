@@ -88,13 +88,11 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     from layersearch.distill.trainer import train
     from layersearch.export import save_model_dir
     from layersearch.mapping import Mapping
-    from layersearch.models import load_teacher, load_tokenizer
+    from layersearch.models import load_teacher_for, load_tokenizer
     from layersearch.student import finish_student, make_student
 
     cfg = Config.model_validate(job.config)
-    teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
-                           mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0
-                           or cfg.student.init.method == "wid")
+    teacher = load_teacher_for(cfg)  # the search's loader: WID's objective is the same in both
     tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
     mapping = Mapping(tuple(job.genes), teacher.config.num_hidden_layers,
                       tuple(job.init) if job.init else None)

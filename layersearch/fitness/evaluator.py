@@ -36,13 +36,12 @@ class Evaluator:
 
     def __init__(self, cfg: Config, device: str | None = None):
         from layersearch.data.tasks import load_task
-        from layersearch.models import load_teacher, load_tokenizer
+        from layersearch.models import load_teacher_for, load_tokenizer
 
         self.cfg = cfg
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.spec_key = spec_key(cfg, torch.device(self.device).type)
-        self.teacher = load_teacher(cfg.teacher.model, cfg.teacher.revision, attentions=False,
-                                    mlm_head=cfg.objective.terms.get("logit_kd", 0) > 0)
+        self.teacher = load_teacher_for(cfg, attentions=False)
         self.tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
         self.pad = self.tokenizer.pad_token_id or 0
         self._slices: dict[int, torch.Tensor] = {}

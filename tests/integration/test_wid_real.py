@@ -23,7 +23,7 @@ def test_wid_compresses_minilm_to_a_loadable_student_that_beats_majority(quickst
     raw["student"].update(num_layers=3, hidden_size=192, num_attention_heads=12,
                           intermediate_size=768)
     raw["student"]["init"].update(method="wid", layers="mapping", wid={
-        "mask_every": 2, "compress_until": 0.6, "penalty": 0.02, "penalty_growth": 1.5})
+        "mask_every": 2, "compress_until": 0.6, "penalty": 0.02, "penalty_max": 1.0})
     raw["distill"]["corpus_blocks"] = 256
     raw["distill"]["train"].update(max_steps=24, batch_size=8, learning_rate=3e-4)
     cfg = parse_config(raw)

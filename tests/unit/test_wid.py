@@ -1,9 +1,11 @@
-"""WID on tiny random BERTs: exact start, exact merge, progressive marks, penalty, MLM, resume."""
+"""WID on tiny random BERTs: exact start, exact merge, progressive marks, capped penalty, MLM,
+resume, long runs, and one objective for search and distillation."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -21,8 +23,11 @@ from layersearch.wid import (
     build_compactor_model,
     group_norms,
     is_compactor_model,
+    is_marking,
     kept_indices,
+    marks_fraction,
     merge,
+    penalty_at,
     penalty_norm,
     prox_step,
     update_marks,
@@ -151,7 +156,7 @@ def test_merged_model_equals_the_pruned_compactor_model(hidden, heads, ffn, tmp_
 def test_marks_grow_to_the_target_and_the_penalty_grows():
     t = teacher()
     cfg = config(hidden=16, heads=2, ffn=32, mask_every=3, compress_until=0.5, penalty=0.2,
-                 penalty_growth=2.0)
+                 penalty_max=1.6)
     student, loss, _ = make_student(cfg, t, Mapping((2, 4), 4), None)
     seen = []
 
@@ -167,7 +172,9 @@ def test_marks_grow_to_the_target_and_the_penalty_grows():
     assert seen[5][1:4] == (16, 2, 32)  # compress_until 0.5 of 12 steps: the target at step 6
     assert seen[-1][1:4] == (16, 2, 32)
     weights = [s[4] for s in seen]
-    assert weights[:2] == [0, 0] and weights[2:] == pytest.approx([0.2] * 3 + [0.4] * 3 + [0.8] * 3 + [1.6])
+    # Half the marks at step 3: half way from 0.2 to 1.6 geometrically; the cap from step 6 on.
+    half = (0.2 * 1.6) ** 0.5
+    assert weights[:2] == [0, 0] and weights[2:] == pytest.approx([half] * 3 + [1.6] * 7)
     pen = dict(result.curves["wid_penalty"])
     assert pen[1] == 0 and pen[3] > 0
     assert set(result.curves) == {"embedding_mse", "hidden_mse", "attention_mse", "total", "lr",
@@ -177,7 +184,7 @@ def test_marks_grow_to_the_target_and_the_penalty_grows():
     parts = [result.curves[k] for k in ("embedding_mse", "hidden_mse", "attention_mse")]
     for (_, total), *terms in zip(totals, *parts, strict=True):
         assert total == pytest.approx(sum(v for _, v in terms), rel=1e-5)
-    # Marked groups lose 0.4 + 3 * 0.8 + 1.6 of norm after step 6 (they start near sqrt(2)).
+    # From step 6 marked groups lose 1.6 of norm a step (they start near sqrt(2)).
     assert float(penalty_norm(student)) < 1e-6
     norms = group_norms(student.encoder.layer[1])
     assert norms["ffn"][student.encoder.layer[1].wid_marks.ffn].max() < 1e-6
@@ -208,7 +215,7 @@ def _tokenizer():
 def test_an_mlm_teacher_trains_with_the_mlm_objective(tmp_path):
     tok = _tokenizer()
     t = teacher(mlm=True, vocab=len(tok))
-    cfg = config(hidden=16, heads=2, ffn=32, mask_every=2, penalty=0.05)
+    cfg = config(hidden=16, heads=2, ffn=32, mask_every=2, penalty=0.05, objective="mlm")
     student, loss, report = make_student(cfg, t, Mapping((2, 4), 4), None, tokenizer=tok)
     assert report["objective"] == ["mlm"] and loss.student_requirements() == Requirements()
     data = torch.randint(5, len(tok), (16, 12), generator=torch.Generator().manual_seed(2))
@@ -247,11 +254,17 @@ def test_finish_student_leaves_other_students_alone():
 
 
 def test_wid_config_is_validated():
-    assert config().student.init.wid.mask_every == 10
+    wid = config().student.init.wid
+    assert (wid.mask_every, wid.penalty_max, wid.objective) == (10, 1.0, "distill")
     with pytest.raises(Exception, match="student.init.wid.mask_evry: unknown key"):
         config(mask_evry=5)
-    with pytest.raises(Exception, match="student.init.wid.penalty_growth"):
-        config(penalty_growth=0.5)
+    with pytest.raises(Exception, match="student.init.wid: penalty_growth was removed.*penalty_max"):
+        config(penalty_growth=1.5)
+    with pytest.raises(Exception, match=r"student.init.wid.penalty_max: 0.01 is below penalty \(0.1\)"):
+        config(penalty=0.1, penalty_max=0.01)
+    assert config(penalty=0.1, penalty_max=0.1).student.init.wid.penalty_max == 0.1
+    with pytest.raises(Exception, match="student.init.wid.objective"):
+        config(objective="kd")
 
 
 def test_wid_loss_does_not_own_the_students_parameters():
@@ -260,3 +273,117 @@ def test_wid_loss_does_not_own_the_students_parameters():
     assert isinstance(loss, WIDLoss)
     assert not list(loss.parameters())
     assert set(loss.state_dict()) == {"penalty_weight"}
+
+
+def applied_penalties(wid, steps):
+    """The lambda ``WIDLoss.after_step`` applies after each step, with the marks fraction."""
+    lam, fraction, out = 0.0, 0.0, []
+    for step in range(1, steps + 1):
+        if is_marking(wid, step, steps):
+            fraction = marks_fraction(wid, step, steps)
+            lam = penalty_at(wid, fraction)
+        out.append((step, fraction, lam))
+    return out
+
+
+@pytest.mark.parametrize("mask_every,compress_until", [(10, 0.7), (7, 0.33)])
+def test_the_penalty_over_100k_steps_is_finite_monotone_and_capped(mask_every, compress_until):
+    wid = config(mask_every=mask_every, compress_until=compress_until).student.init.wid
+    steps = 100_000
+    seen = applied_penalties(wid, steps)
+    lams = torch.tensor([lam for _, _, lam in seen], dtype=torch.float32)  # the buffer's dtype
+    assert torch.isfinite(lams).all()
+    assert (lams[1:] >= lams[:-1]).all() and lams.max() == wid.penalty_max
+    assert lams[lams > 0].min() >= wid.penalty
+    # The cap arrives with the full marks, at compress_until and not a marking later.
+    first_full = next(step for step, fraction, _ in seen if fraction == 1)
+    assert first_full == math.ceil(compress_until * steps)
+    assert all(lam == wid.penalty_max for step, _, lam in seen if step >= first_full)
+    assert all(lam < wid.penalty_max for step, _, lam in seen if step < first_full)
+
+
+@pytest.mark.slow  # about 80 s on two shared cores
+def test_a_3000_step_wid_run_ends_finite_at_the_students_shape():
+    # The uncapped schedule (x1.5 every 10 steps) overflowed float32 at step 2,370.
+    t = teacher()
+    cfg = config(hidden=16, heads=2, ffn=32)  # default schedule: mask_every 10, cap 1.0
+    student, loss, _ = make_student(cfg, t, Mapping((2, 4), 4), None)
+    data = torch.randint(1, 60, (64, 16), generator=torch.Generator().manual_seed(3))
+    result = train(student, t, loss, data, TrainConfig(max_steps=3000, batch_size=2, learning_rate=1e-3,
+                                                       log_every=100))
+    assert result.curves["total"][-1][0] == 3000
+    for name, curve in result.curves.items():
+        assert all(math.isfinite(v) for _, v in curve), name
+    assert math.isfinite(result.final_loss)
+    assert float(loss.penalty_weight) == cfg.student.init.wid.penalty_max
+    small = finish_student(student)
+    c = small.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (2, 16, 2, 32)
+    with torch.no_grad():
+        out = small.eval()(input_ids=data[:2]).last_hidden_state
+    assert out.shape == (2, 16, 16) and torch.isfinite(out).all()
+
+
+def _teacher_dir(tmp_path, mlm: bool):
+    """A tiny random teacher (with or without its MLM head) and tokenizer, saved as a model dir."""
+    tok = _tokenizer()
+    path = tmp_path / ("mlm-teacher" if mlm else "teacher")
+    teacher(mlm=mlm, vocab=len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _search_config(tmp_path, teacher_path, objective, glue):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(f"w{(i * j) % 35}" for j in range(24)) for i in range(40)))
+    return parse_config({
+        "teacher": {"model": str(teacher_path)},
+        "corpus": {"paths": [str(corpus)], "seq_length": 16, "cache_dir": str(tmp_path / "cache")},
+        "objective": OBJ.model_dump(),
+        "student": {"num_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
+                    "init": {"method": "wid", "wid": {"objective": objective}}},
+        "proxy": {"slice_blocks": 8},
+        "tasks": {"source": str(glue), "names": ["rte"],
+                  "finetune": {"train_examples": 8, "dev_examples": 8}},
+    })
+
+
+@pytest.mark.parametrize("objective,terms", [("distill", list(OBJ.terms)), ("mlm", ["mlm"])])
+def test_search_and_distillation_train_wid_on_the_same_objective(objective, terms, tmp_path,
+                                                                  shared_data):
+    from layersearch.fitness.evaluator import Evaluator
+    from layersearch.models import load_teacher_for, load_tokenizer
+
+    cfg = _search_config(tmp_path, _teacher_dir(tmp_path, mlm=True), objective, shared_data / "glue")
+    mapping = Mapping((2, 4), 4)
+    # The proxy evaluation, as the evaluator builds it ...
+    evaluator = Evaluator(cfg)
+    data = evaluator.slice(0)
+    _, proxy_loss, _ = make_student(evaluator.slice_config(0), evaluator.teacher, mapping, data,
+                                    evaluator.pad)
+    # ... and the final distillation, with the loader cli/distill.py calls.
+    final_teacher = load_teacher_for(cfg)
+    tokenizer = load_tokenizer(cfg.teacher.model)
+    _, final_loss, report = make_student(cfg, final_teacher, mapping, data, evaluator.pad, tokenizer)
+    assert list(proxy_loss.weights) == list(final_loss.weights) == report["objective"] == terms
+    assert type(evaluator.teacher) is type(final_teacher)
+    assert (final_teacher.get_output_embeddings() is not None) == (objective == "mlm")
+
+
+def test_the_mlm_objective_needs_a_teacher_with_an_mlm_head(tmp_path):
+    from layersearch.models import ModelError, load_teacher_for
+
+    cfg = config(objective="mlm").model_copy(deep=True)
+    cfg.teacher.model = str(_teacher_dir(tmp_path, mlm=False))
+    with pytest.raises(ModelError, match="student.init.wid.objective: 'mlm' needs a teacher with a "
+                                         "masked-LM head"):
+        load_teacher_for(cfg)
+    with pytest.raises(InitError, match="student.init.wid.objective: 'mlm' needs the teacher's "
+                                        "masked-LM head"):
+        make_student(cfg, teacher(), Mapping((2, 4), 4), None)
+
+
+def test_an_mlm_teacher_trains_along_the_mapping_by_default():
+    student, loss, report = make_student(config(), teacher(mlm=True), Mapping((2, 4), 4), None)
+    assert isinstance(loss.distill, DistillLoss) and report["objective"] == list(OBJ.terms)
+    assert loss.collator is None and loss.extra_terms(student, *batch()) == {}
