@@ -19,6 +19,7 @@ marks the run FAILED, keeping the checkpoints for ``--resume``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -164,7 +165,8 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
                       f"{cfg.distill.workers} worker(s)" + ("; resuming" if resume else ""))
         job = DistillJob(config=cfg.to_dict(), genes=list(mapping.genes),
                          init=list(mapping.init) if mapping.init else None,
-                         checkpoint_dir=str(ckpt_dir), output_dir=str(output_dir), progress=progress)
+                         checkpoint_dir=str(ckpt_dir.resolve()), output_dir=str(output_dir.resolve()),
+                         progress=progress, workdir=os.getcwd())
         if use_ray(cfg):
             stopper = _StopFileOnSigterm(ckpt_dir / STOP_FILE)
             try:

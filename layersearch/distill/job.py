@@ -34,6 +34,10 @@ class DistillJob:
     checkpoint_dir: str
     output_dir: str
     progress: bool = True
+    # The driver's working directory: config paths are relative to it, and Ray
+    # Train starts workers elsewhere (with `ray job submit --working-dir`, every
+    # node unpacks the same package at the same path).
+    workdir: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

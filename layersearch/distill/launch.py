@@ -32,7 +32,12 @@ def use_ray(cfg: Config) -> bool:
 
 
 def _worker_loop(config: dict) -> None:
-    run_worker(DistillJob(**config), report_errors=True)
+    import os
+
+    job = DistillJob(**config)
+    if job.workdir and os.path.isdir(job.workdir):
+        os.chdir(job.workdir)
+    run_worker(job, report_errors=True)
 
 
 def _use_gpu(cfg: Config) -> bool:
