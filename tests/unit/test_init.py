@@ -232,12 +232,126 @@ def test_etd_errors():
         init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping)
     with pytest.raises(InitError, match="got no corpus batches"):
         init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping, [])
-    odd_heads = bert(2, hidden_size=16, num_attention_heads=4, intermediate_size=32)
-    with pytest.raises(ValueError, match="head size .* must equal the teacher's"):
-        init_student(odd_heads, teacher, InitConfig(method="etd-rand"), mapping)
+    wide_heads = bert(2, hidden_size=16, num_attention_heads=1, intermediate_size=32)
+    with pytest.raises(InitError, match="num_attention_heads: .* not widen .* 16 exceeds the teacher's 8; use 2"):
+        init_student(wide_heads, teacher, InitConfig(method="etd-rand"), mapping)
     wide = bert(2, intermediate_size=128)
     with pytest.raises(InitError, match="intermediate_size: 128 exceeds"):
         init_student(wide, teacher, InitConfig(method="etd-rand"), mapping)
+
+
+def assert_head_slices(student, teacher, report, t_layer: int, m: int = 0) -> None:
+    """Student layer m holds exactly the reported slices of teacher layer t_layer (0-based)."""
+    dims = torch.tensor(report["hidden_dims"])
+    qk, v = torch.tensor(report["qk_dims"][m]), torch.tensor(report["v_dims"][m])
+    s, t = student.encoder.layer[m].attention, teacher.encoder.layer[t_layer].attention
+    scale = report["query_scale"]
+    torch.testing.assert_close(s.self.query.weight, t.self.query.weight[qk][:, dims] * scale, rtol=0, atol=0)
+    torch.testing.assert_close(s.self.query.bias, t.self.query.bias[qk] * scale, rtol=0, atol=0)
+    assert torch.equal(s.self.key.weight, t.self.key.weight[qk][:, dims])
+    assert torch.equal(s.self.key.bias, t.self.key.bias[qk])
+    assert torch.equal(s.self.value.weight, t.self.value.weight[v][:, dims])
+    assert torch.equal(s.output.dense.weight, t.output.dense.weight[dims][:, v])
+
+
+@pytest.mark.parametrize(("heads", "hidden"), [(4, 16), (2, 8), (2, 16)])
+def test_etd_cuts_inside_heads_whole_heads_or_both(heads, hidden):
+    """4 heads of 8 -> 4 heads of 4 (inside), 2 of 4 (both), 2 of 8 (whole heads)."""
+    teacher = bert(4)
+    student = bert(2, seed=1, hidden_size=hidden, num_attention_heads=heads, intermediate_size=32)
+    report = init_student(student, teacher, InitConfig(method="etd-rand", layers=[3, 1]), None)
+    head_dim = hidden // heads
+    assert report["head_size"] == head_dim
+    assert report["query_scale"] == pytest.approx((head_dim / 8) ** 0.5)
+    for m, t_layer in enumerate((2, 0)):
+        kept = report["heads"][m]
+        assert len(kept) == heads and kept == sorted(set(kept))
+        for kind in ("qk_dims", "v_dims"):
+            per_head = torch.tensor(report[kind][m]).view(heads, head_dim)
+            # Each student head takes its dims from its own kept teacher head, in order.
+            assert (per_head // 8).tolist() == [[h] * head_dim for h in kept]
+            assert all(row == sorted(set(row)) for row in per_head.tolist())
+        assert_head_slices(student, teacher, report, t_layer, m)
+    if head_dim == 8:  # whole heads: every dim of a kept head, and no rescaled queries
+        assert report["qk_dims"] == report["v_dims"]
+        assert report["query_scale"] == 1.0
+    else:  # etd-rand draws Q/K and V dims apart
+        assert report["qk_dims"] != report["v_dims"]
+    with torch.no_grad():
+        out = student(**batches(1)[0], output_attentions=True)
+    assert out.last_hidden_state.shape == (4, 12, hidden)
+    assert out.attentions[0].shape == (4, heads, 12, 12)
+
+
+def test_etd_impt_keeps_the_important_dims_inside_each_head():
+    teacher = bert(2)
+    # Per head (of 8 dims), the Q/K dims and the V dims that matter, chosen apart.
+    keep_qk = {0: [1, 2, 5, 7], 1: [0, 3, 4, 6], 2: [2, 3, 4, 5], 3: [0, 1, 6, 7]}
+    keep_v = {0: [0, 2, 4, 6], 1: [1, 2, 3, 7], 2: [0, 1, 5, 6], 3: [3, 4, 5, 6]}
+    with torch.no_grad():
+        attn = teacher.encoder.layer[1].attention
+        for h in range(4):
+            for j in range(8):
+                row = h * 8 + j
+                if j not in keep_qk[h]:  # a small query row and key row: a small logit term
+                    for lin in (attn.self.query, attn.self.key):
+                        lin.weight[row] *= 0.01
+                        lin.bias[row] *= 0.01
+                if j not in keep_v[h]:  # a value dim the output projection barely reads
+                    attn.output.dense.weight[:, row] *= 0.01
+    student = bert(1, seed=1, hidden_size=16, num_attention_heads=4, intermediate_size=32)
+    cfg = InitConfig(method="etd-impt", layers=[2], importance_batches=2)
+    report = init_student(student, teacher, cfg, None, batches())
+    assert report["heads"] == [[0, 1, 2, 3]]
+    assert report["qk_dims"] == [[h * 8 + j for h in range(4) for j in keep_qk[h]]]
+    assert report["v_dims"] == [[h * 8 + j for h in range(4) for j in keep_v[h]]]
+    assert_head_slices(student, teacher, report, 1)
+    scores = importance(teacher, batches(), 2)
+    assert scores["qk"].shape == scores["v"].shape == (2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def bert_base():
+    """A random bert-base-shaped teacher (12 layers, 768 wide, 12 heads of 64, FFN 3072);
+    a small vocabulary and position table keep it quick and change no layer's shape."""
+    cfg = BertConfig(vocab_size=512, max_position_embeddings=64)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (
+        12, 768, 12, 3072)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return AutoModel.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("method", ["etd-impt", "etd-rand"])
+def test_tinybert_4l312_student_from_a_bert_base_teacher(bert_base, method):
+    """configs/bert-base-4l312.yaml's student: 4 layers, 312 wide, 12 heads of 26, FFN 1200."""
+    shape = StudentConfig(
+        num_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200,
+        init=InitConfig(method=method, layers="mapping", importance_batches=2),
+    )
+    scfg = student_config(bert_base.config, shape)
+    student = build_student(scfg)
+    attn = student.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.attention_head_size) == (12, 26)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 512, (2, 16), generator=g)} for _ in range(2)]
+    report = init_student(student, bert_base, shape.init, Mapping((3, 6, 9, 12), 12), data)
+    assert report["teacher_layers"] == [3, 6, 9, 12]
+    assert report["heads"] == [list(range(12))] * 4
+    assert report["head_size"] == 26 and len(report["hidden_dims"]) == 312
+    for m, t_layer in enumerate((2, 5, 8, 11)):
+        assert len(report["qk_dims"][m]) == len(report["v_dims"][m]) == 312
+        assert_head_slices(student, bert_base, report, t_layer, m)
+    # A kept query row is the teacher's row, cut to the kept hidden dims, at the teacher's temperature.
+    j = report["qk_dims"][0][30]  # student head 1, its 5th dim
+    teacher_row = bert_base.encoder.layer[2].attention.self.query.weight[j, report["hidden_dims"]]
+    torch.testing.assert_close(attn.query.weight[30], teacher_row * (26 / 64) ** 0.5)
+    with torch.no_grad():
+        out = student(input_ids=data[0]["input_ids"], output_attentions=True)
+    assert out.last_hidden_state.shape == (2, 16, 312)
+    assert out.attentions[-1].shape == (2, 12, 16, 16)
+    assert torch.isfinite(out.last_hidden_state).all()
+    json.dumps(report)
 
 
 @pytest.mark.slow
