@@ -150,7 +150,7 @@ def _random(student, teacher, cfg, mapping, batches) -> dict:
 @register("copy")
 def _copy(student, teacher, cfg, mapping, batches) -> dict:
     s, t = student.config, teacher.config
-    _check_width(s, t, "copy", exact=True)
+    check_width(s, t, "copy", exact=True)
     layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
     sb, tb = student.base_model, teacher.base_model
     sb.embeddings.load_state_dict(tb.embeddings.state_dict())
@@ -292,7 +292,7 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
 def _extract(student, teacher, cfg: InitConfig, mapping, scores: dict) -> dict:
     """Copy the chosen teacher layers into ``student``, keeping the top-scoring indices."""
     s, t = student.config, teacher.config
-    _check_width(s, t, cfg.method, exact=False)
+    check_width(s, t, cfg.method, exact=False)
     s_head_dim = s.hidden_size // s.num_attention_heads
     t_head_dim = t.hidden_size // t.num_attention_heads
     layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
@@ -343,7 +343,7 @@ def _head_dims(scores: torch.Tensor, kept_heads: torch.Tensor, keep: int) -> tor
     return (kept_heads[:, None] * head_dim + dims).flatten()
 
 
-def _check_width(s, t, method: str, exact: bool) -> None:
+def check_width(s, t, method: str, exact: bool) -> None:
     """Student widths must not exceed the teacher's, and must equal them for ``copy``."""
     for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
         sv, tv = getattr(s, key), getattr(t, key)
