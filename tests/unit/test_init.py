@@ -245,9 +245,8 @@ def assert_head_slices(student, teacher, report, t_layer: int, m: int = 0) -> No
     dims = torch.tensor(report["hidden_dims"])
     qk, v = torch.tensor(report["qk_dims"][m]), torch.tensor(report["v_dims"][m])
     s, t = student.encoder.layer[m].attention, teacher.encoder.layer[t_layer].attention
-    scale = report["query_scale"]
-    torch.testing.assert_close(s.self.query.weight, t.self.query.weight[qk][:, dims] * scale, rtol=0, atol=0)
-    torch.testing.assert_close(s.self.query.bias, t.self.query.bias[qk] * scale, rtol=0, atol=0)
+    assert torch.equal(s.self.query.weight, t.self.query.weight[qk][:, dims])
+    assert torch.equal(s.self.query.bias, t.self.query.bias[qk])
     assert torch.equal(s.self.key.weight, t.self.key.weight[qk][:, dims])
     assert torch.equal(s.self.key.bias, t.self.key.bias[qk])
     assert torch.equal(s.self.value.weight, t.self.value.weight[v][:, dims])
@@ -262,7 +261,6 @@ def test_etd_cuts_inside_heads_whole_heads_or_both(heads, hidden):
     report = init_student(student, teacher, InitConfig(method="etd-rand", layers=[3, 1]), None)
     head_dim = hidden // heads
     assert report["head_size"] == head_dim
-    assert report["query_scale"] == pytest.approx((head_dim / 8) ** 0.5)
     for m, t_layer in enumerate((2, 0)):
         kept = report["heads"][m]
         assert len(kept) == heads and kept == sorted(set(kept))
@@ -272,9 +270,8 @@ def test_etd_cuts_inside_heads_whole_heads_or_both(heads, hidden):
             assert (per_head // 8).tolist() == [[h] * head_dim for h in kept]
             assert all(row == sorted(set(row)) for row in per_head.tolist())
         assert_head_slices(student, teacher, report, t_layer, m)
-    if head_dim == 8:  # whole heads: every dim of a kept head, and no rescaled queries
+    if head_dim == 8:  # whole heads: every dim of a kept head
         assert report["qk_dims"] == report["v_dims"]
-        assert report["query_scale"] == 1.0
     else:  # etd-rand draws Q/K and V dims apart
         assert report["qk_dims"] != report["v_dims"]
     with torch.no_grad():
@@ -342,10 +339,11 @@ def test_tinybert_4l312_student_from_a_bert_base_teacher(bert_base, method):
     for m, t_layer in enumerate((2, 5, 8, 11)):
         assert len(report["qk_dims"][m]) == len(report["v_dims"][m]) == 312
         assert_head_slices(student, bert_base, report, t_layer, m)
-    # A kept query row is the teacher's row, cut to the kept hidden dims, at the teacher's temperature.
+    # A kept query row is the teacher's row of its own head, cut to the kept hidden dims.
     j = report["qk_dims"][0][30]  # student head 1, its 5th dim
+    assert j // 64 == 1
     teacher_row = bert_base.encoder.layer[2].attention.self.query.weight[j, report["hidden_dims"]]
-    torch.testing.assert_close(attn.query.weight[30], teacher_row * (26 / 64) ** 0.5)
+    assert torch.equal(attn.query.weight[30], teacher_row)
     with torch.no_grad():
         out = student(input_ids=data[0]["input_ids"], output_attentions=True)
     assert out.last_hidden_state.shape == (2, 16, 312)
