@@ -70,7 +70,7 @@ def shape_problems(cfg: Config, teacher, student) -> list[str]:
 
     problems: list[str] = []
     method = cfg.student.init.method
-    if method in ("copy", "etd-rand", "etd-impt"):
+    if method != "random":
         try:
             check_width(student, teacher, method, exact=method == "copy")
         except UserError as exc:

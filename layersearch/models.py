@@ -126,11 +126,12 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
                     f"student.{key}: {value} exceeds the teacher's {limit}; "
                     f"init '{student.init.method}' extracts weights from the teacher"
                 )
-    # ETD and WID take every head's dims from a teacher head: they can keep fewer heads
-    # and fewer dims per head (hidden / heads, which need not be a teacher head's size:
-    # bert-base's 64 -> TinyBERT's 26), but a student head cannot be wider than a teacher's.
+    # ETD takes every head's dims from a teacher head: it can keep fewer heads and fewer
+    # dims per head (hidden / heads, which need not be a teacher head's size: bert-base's
+    # 64 -> TinyBERT's 26), but a student head cannot be wider than a teacher's. (WID's
+    # own check runs when its compactor model is built; validation asks init.check_width.)
     teacher_head_dim = teacher.hidden_size // teacher.num_attention_heads
-    if student.init.method in ("etd-rand", "etd-impt", "wid") and hidden // heads > teacher_head_dim:
+    if student.init.method.startswith("etd") and hidden // heads > teacher_head_dim:
         raise ModelError(
             f"student.num_attention_heads: init '{student.init.method}' cuts inside teacher heads "
             f"of size {teacher_head_dim} but cannot widen them; {heads} heads make a {hidden}-wide "

@@ -94,20 +94,22 @@ def test_shipped_config_builds_its_student(path, tmp_path, shared_data):
 
 BERT_BASE_4L312 = ROOT / "configs" / "bert-base-4l312.yaml"
 BROKEN = {
-    # override of the bert-base recipe: words its one error line must hold
+    # overrides of the bert-base recipe (space-separated): words its one error line must hold
     "student.num_attention_heads=7": ["student.num_attention_heads", "do not divide hidden_size 312"],
     "student.num_attention_heads=4": ["student.num_attention_heads", "heads 78 wide", "use 6 or more"],
     "student.num_attention_heads=6": ["objective.terms.attention_mse", "6 heads"],
     "student.num_layers=13": ["student.num_layers", "deeper than the teacher (12 layers)"],
     "student.init.method=copy": ["student.hidden_size", "narrower", "etd-impt"],
     "student.intermediate_size=4096": ["student.intermediate_size", "exceeds the teacher's 3072"],
+    "student.init.method=wid student.num_attention_heads=4": ["student.num_attention_heads", "'wid'",
+                                                              "312/4 = 78 exceeds the teacher's 64"],
 }
 
 
 @pytest.mark.parametrize("override", sorted(BROKEN))
 def test_broken_bert_base_recipe_fails_before_training_with_one_line(override, tmp_path, shared_data):
     overrides = teacher_overrides(BERT_BASE_4L312, tmp_path, shared_data)
-    result = validate(BERT_BASE_4L312, [*overrides, override])
+    result = validate(BERT_BASE_4L312, [*overrides, *override.split()])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
