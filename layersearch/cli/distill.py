@@ -200,7 +200,7 @@ def _log_result(tracker, run_id: str, result: dict, logged_through: int) -> None
     tracker.log_series(run_id, series)
     tracker.log_metrics(run_id, {"final_loss": result["curves"]["total"][-1][1]
                                  if result["curves"].get("total") else float("nan"),
-                                 "tokens_per_second": result["tokens"] / max(result["seconds"], 1e-9),
+                                 "mean_tokens_per_second": result["tokens"] / max(result["seconds"], 1e-9),
                                  "train_seconds": result["seconds"], "steps": result["steps"]})
     if not logged_through:
         tracker.log_dict(run_id, result["init_report"], "init_report.json")
