@@ -1,6 +1,7 @@
 """Distillation throughput, one change per row: from a plain reference loop to layersearch's trainer.
 
     PYTHONPATH=. python bench/distill_throughput.py [--steps 3] [--repeats 3] [--batch 16] [--seq 128]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/distill_throughput.py --clock cpu   # a shared machine
 
 Every row runs in this process on the same blocks of the shared corpus
 (``get_slice``), with the offline MiniLM-L6 teacher and a fresh 3-layer student
@@ -39,10 +40,14 @@ cannot be undone, so it is applied before every row (run with
 ``LAYERSEARCH_KEEP_FREED_MEMORY=0`` to measure without it).
 
 The rows are interleaved (1, 2, ..., 7, 1, 2, ...) ``--repeats`` times after
-one warm-up pass of ``--warmup`` steps each, since the machine may be shared;
-each row prints its median tokens/s (min-max), its ratio to the row above and
-to row 1 (from the medians), and the last line is
-``trainer vs reference: N.NNx``.
+one warm-up pass of ``--warmup`` steps each, since the machine may be shared.
+A run is timed from building its optimizer (``train`` builds its own) to its
+last step; building the student is not timed. Where other processes compete
+for the cores, wall time mostly measures them: ``--clock cpu`` times this
+process's CPU seconds instead, which with one thread (``OMP_NUM_THREADS=1``)
+is the work a row does, free of the waiting. Each row prints its median
+tokens/s (min-max), its ratio to the row above and to row 1 (from the
+medians), and the last line is ``trainer vs reference: N.NNx``.
 """
 
 from __future__ import annotations
@@ -58,9 +63,8 @@ import torch
 import torch.nn.functional as F
 
 from layersearch.config import CorpusConfig, InitConfig, ObjectiveConfig, StudentConfig, TrainConfig
-from layersearch.cpu_memory import keep_freed_memory
 from layersearch.data.slices import get_slice
-from layersearch.distill import adamw, micro_batch, train
+from layersearch.distill import adamw, micro_batch, train, training_device
 from layersearch.features import extract
 from layersearch.init import init_student
 from layersearch.losses import DistillLoss, scaled_scores
@@ -135,11 +139,10 @@ def step_loss(row: Row, student, teacher, loss_module, ids, mask, heads: int) ->
     return loss
 
 
-def run(row: Row, student, teacher, loss_module, data, cfg: TrainConfig) -> tuple[float, float]:
-    """Seconds for cfg.max_steps steps along ``row``, and the step-1 loss."""
+def run(row: Row, student, teacher, loss_module, data, cfg: TrainConfig) -> float:
+    """Train cfg.max_steps steps along ``row``; returns the step-1 loss."""
     if row.trainer:
-        result = train(student, teacher, loss_module, data, cfg)
-        return result.seconds, result.curves["total"][0][1]
+        return train(student, teacher, loss_module, data, cfg).curves["total"][0][1]
     heads = int(student.config.num_attention_heads)
     torch.manual_seed(cfg.seed)  # as train does: the same dropout masks, so step-1 losses compare
     student.train()
@@ -147,9 +150,8 @@ def run(row: Row, student, teacher, loss_module, data, cfg: TrainConfig) -> tupl
     opt = (adamw(params, cfg.learning_rate, cfg.weight_decay) if row.fused else
            torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay))
     first = float("nan")
-    start = time.perf_counter()
     for step in range(cfg.max_steps):
-        ids = micro_batch(data, step, cfg.batch_size, cfg.seed)
+        ids = micro_batch(data, step, cfg.batch_size, cfg.seed).to(student.device)
         mask = torch.ones_like(ids)
         loss = step_loss(row, student, teacher, loss_module, ids, mask, heads)
         loss.backward()
@@ -157,7 +159,7 @@ def run(row: Row, student, teacher, loss_module, data, cfg: TrainConfig) -> tupl
         opt.zero_grad()
         if step == 0:
             first = loss.item()
-    return time.perf_counter() - start, first
+    return first
 
 
 def main() -> None:
@@ -167,8 +169,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="steps per row in the warm-up pass")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this process's CPU time, steadier on a shared machine (use one thread)")
     args = ap.parse_args()
-    keep_freed_memory()  # train would switch it on for the whole process at its first call anyway
+    # Where train runs; on a CPU this also keeps freed memory for the whole process, as train would.
+    device, _ = training_device("fp32")
+    if args.clock == "cpu" and device.type != "cpu":
+        ap.error("--clock cpu times CPU work; on a GPU use --clock wall")
 
     tok = load_tokenizer("offline:minilm-l6")
     corpus = CorpusConfig(paths=[str(SHARED / "corpus" / "wikitext103")], seq_length=args.seq,
@@ -179,17 +186,26 @@ def main() -> None:
                       max_grad_norm=None, warmup_ratio=0.0, precision="fp32", log_every=1)
     init = StudentConfig(num_layers=3, init=InitConfig(method="copy", layers="mapping"))
 
-    teachers = {sdpa: load_teacher("offline:minilm-l6", attentions=not sdpa) for sdpa in (False, True)}
+    teachers = {sdpa: load_teacher("offline:minilm-l6", attentions=not sdpa).to(device)
+                for sdpa in (False, True)}
     scfg = student_config(teachers[True].config, init)
     templates = {}
     for sdpa, teacher in teachers.items():
-        templates[sdpa] = build_student(scfg, attentions=not sdpa)
+        templates[sdpa] = build_student(scfg, attentions=not sdpa).to(device)
         init_student(templates[sdpa], teacher, init.init, mapping)
 
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # kernels are asynchronous: count the work, not its launch
+        return time.process_time() if args.clock == "cpu" else time.perf_counter()
+
     def once(row: Row, train_cfg: TrainConfig) -> tuple[float, float]:
+        """(seconds, step-1 loss) of one run; building the student is not timed."""
         loss_module = DistillLoss(OBJECTIVE, mapping, scfg, teachers[row.sdpa].config)
         student = copy.deepcopy(templates[row.sdpa])
-        return run(row, student, teachers[row.sdpa], loss_module, data, train_cfg)
+        start = clock()
+        first = run(row, student, teachers[row.sdpa], loss_module, data, train_cfg)
+        return clock() - start, first
 
     rows = cumulative_rows()
     warm = cfg.model_copy(update={"max_steps": args.warmup})
@@ -204,7 +220,7 @@ def main() -> None:
 
     tokens = args.steps * args.batch * args.seq
     print(f"threads={torch.get_num_threads()} steps={args.steps} batch={args.batch} seq={args.seq} "
-          f"repeats={args.repeats} (median tokens/s, min-max)")
+          f"repeats={args.repeats} clock={args.clock} (median tokens/s, min-max)")
     print("| row | tokens/s | min-max | vs row above | vs row 1 |\n|---|---|---|---|---|")
     medians = []
     for row in rows:
