@@ -53,7 +53,8 @@ def child_prepare(args) -> None:
     tok = load_tokenizer("offline:minilm-l6")
     corpus = _corpus(args.corpus, args.seq, args.slices)
     blocks = len(load_blocks(corpus, tok))
-    get_slice(corpus, tok, None, 0)
+    if args.with_cached:
+        get_slice(corpus, tok, None, 0)
     print(json.dumps({"blocks": blocks}))
 
 
@@ -150,8 +151,9 @@ def main() -> None:
         cached = str(tmp / "slices")
         sizes = {}
         for name, path in (("corpus", small), (f"corpus x{args.copies}", large)):
+            flag = ["--with-cached"] if args.with_cached else []
             sizes[name] = (path, _run(args, env, "--child", "prepare", "--corpus", str(path),
-                                      "--slices", cached)["blocks"])
+                                      "--slices", cached, *flag)["blocks"])
         prepared = time.perf_counter() - began
         print(f"steps={args.steps} batch={args.batch} seq={args.seq}; tokenizing took {prepared:.0f} s")
         paths = [("streamed (open_blocks)", "stream", None),
