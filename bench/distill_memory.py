@@ -160,18 +160,19 @@ def main() -> None:
                  ("in memory, slice built (get_slice)", "memory", "fresh"),
                  ("in memory, slice cached (get_slice)", "memory", cached)][:3 if args.with_cached else 2]
         for label, mode, slices in paths:
-            peaks = []
+            peaks, opened = [], []
             for i, (name, (path, blocks)) in enumerate(sizes.items()):
                 where = str(tmp / f"fresh-{mode}-{i}") if slices == "fresh" else cached
                 out = _run(args, env, "--child", "distill", "--mode", mode, "--corpus", str(path),
                            "--slices", where)
                 peaks.append(out["peak_mb"])
+                opened.append(out["data_mb"])
                 read = f", 256-row read {out['read_ms']:.2f} ms" if out["read_ms"] is not None else ""
                 print(f"{label:36s} {name:11s} {blocks:>9,} blocks  peak rss {out['peak_mb']:6.0f} MB"
                       f" (data open {out['data_mb']:5.0f} MB; {out['train_s']:.0f} s training{read})")
             ratio = peaks[1] / peaks[0]
             verdict = "" if mode == "memory" else (" (goal <= 1.2: met)" if ratio <= GOAL else " (goal <= 1.2: MISSED)")
-            print(f"{label:36s} rss ratio: {ratio:.2f}{verdict}")
+            print(f"{label:36s} rss ratio: {ratio:.2f}{verdict}; data open ratio {opened[1] / opened[0]:.2f}")
     print(f"wall time {time.perf_counter() - began:.0f} s")
 
 

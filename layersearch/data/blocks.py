@@ -27,6 +27,7 @@ class BlockSource:
     def __init__(self, blocks: Dataset, seq_length: int, index: np.ndarray | None, key: str):
         self._blocks = blocks
         self._index = index  # rows of the table, sorted; None = all rows in order
+        self._views: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.seq_length = seq_length
         self.key = key  # slice_key of (corpus, tokenizer, seq_length, size, seed)
         self.corpus_blocks = len(blocks)
@@ -71,13 +72,40 @@ class BlockSource:
         table_rows = wanted if self._index is None else self._index[wanted]
         if self._blocks._indices is not None:  # a datasets select/shuffle view: map to its table
             table_rows = self._blocks._indices.column(0).take(pa.array(table_rows)).to_numpy()
-        # Arrow take gathers only these rows' offsets and values from the mapped file.
-        col = self._blocks.data.table.column("input_ids").take(pa.array(table_rows, pa.int64()))
-        flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        if flat.size != len(table_rows) * self.seq_length:
-            raise CorpusError(f"corpus cache holds blocks not of {self.seq_length} tokens; "
-                              "delete the datasets cache of this corpus and prepare it again")
-        return torch.from_numpy(flat.astype(np.int64).reshape(len(table_rows), self.seq_length))
+        starts, views = self._chunk_views()
+        chunk = np.searchsorted(starts, table_rows, side="right") - 1
+        out = np.empty((len(table_rows), self.seq_length), dtype=np.int64)
+        order = np.argsort(chunk, kind="stable")
+        # One fancy index per chunk touched: only the pages of the rows asked are read.
+        for group in np.split(order, np.flatnonzero(np.diff(chunk[order])) + 1):
+            if group.size:
+                c = chunk[group[0]]
+                out[group] = views[c][table_rows[group] - starts[c]]
+        return torch.from_numpy(out)
+
+    def _chunk_views(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Each Arrow chunk as a zero-copy [rows, seq_length] view of the mapped file.
+
+        Arrow's own ``take`` on a chunked list column concatenates every chunk
+        first (a copy of the corpus per batch), so rows are gathered here.
+        """
+        if self._views is None:
+            starts, views, at = [], [], 0
+            for part in self._blocks.data.table.column("input_ids").chunks:
+                flat = part.flatten().to_numpy(zero_copy_only=True)  # honours the chunk's offset
+                if flat.size != len(part) * self.seq_length:
+                    raise CorpusError(f"corpus cache holds blocks not of {self.seq_length} tokens; "
+                                      "delete the datasets cache of this corpus and prepare it again")
+                if len(part):
+                    starts.append(at)
+                    views.append(flat.reshape(len(part), self.seq_length))
+                at += len(part)
+            self._views = (np.asarray(starts, dtype=np.int64), views)
+        return self._views
+
+    def __getstate__(self) -> dict:
+        # Views of a memory map would pickle as copies of the corpus; rebuild them after.
+        return {**self.__dict__, "_views": None}
 
     def __repr__(self) -> str:
         return f"BlockSource({len(self)} x {self.seq_length} of {self.corpus_blocks} blocks, key={self.key})"

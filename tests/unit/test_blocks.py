@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import datasets
@@ -65,10 +66,14 @@ def test_subset_equals_get_slice_for_rows_and_slices(shared_data, tmp_path, hf_c
     assert src.fingerprint == get_slice(cfg, tokenizer, 40, 7).key
     assert src.fingerprint != open_blocks(cfg, tokenizer, 40, 8).fingerprint
     assert torch.equal(src[:], ref)
+    assert len(src._chunk_views()[1]) > 1  # rows are gathered across several Arrow chunks
     rows = torch.tensor([39, 0, 5, 5, 17, -1])  # any order, repeats, from the end
     assert torch.equal(src[rows], ref[rows])
     assert torch.equal(src[3:30:4], ref[3:30:4])
     assert src[torch.tensor([], dtype=torch.long)].shape == (0, 64)
+    # Ray ships a source to workers by pickling: it travels as file names, and reads the same.
+    shipped = pickle.loads(pickle.dumps(src))
+    assert len(pickle.dumps(src)) < 10_000 and torch.equal(shipped[rows], ref[rows])
     # The trainer's micro-batches see the same data either way.
     for i in (0, 3, 11):  # 11 is in the second epoch of 10 batches of 4
         assert torch.equal(micro_batch(src, i, 4, seed=2), micro_batch(ref, i, 4, seed=2))
