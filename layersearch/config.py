@@ -168,6 +168,9 @@ class CorpusConfig(Strict):
     format: Literal["auto", "text", "wikitext"] = "auto"
     seq_length: Annotated[int, Field(ge=8, le=4096)] = 128
     cache_dir: str = "proxy_data/cache"
+    # Processes that clean and tokenize the text; None = min(4, CPU count).
+    # The blocks are the same for any value, so no cache key holds it.
+    num_proc: PosInt | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> CorpusConfig:

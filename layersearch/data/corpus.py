@@ -5,10 +5,15 @@ a hub dataset. Lines are tokenized with the teacher's tokenizer, concatenated
 and cut into blocks of ``seq_length`` tokens framed as ``[CLS] ... [SEP]``,
 the input BERT saw in pre-training. ``datasets.map`` caches each step, so a
 second run over the same files and tokenizer reads the blocks from disk.
+
+Cleaning and tokenizing run in ``corpus.num_proc`` processes; grouping into
+blocks runs in one, because it cuts blocks per batch of lines and ``datasets``
+shards by row count: sharding it would move block boundaries with num_proc.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -56,6 +61,12 @@ def _is_wikitext(cfg: CorpusConfig, path: str) -> bool:
     return "wiki" in Path(path).name.lower() or "wiki" in str(Path(path).parent).lower()
 
 
+def num_proc(cfg: CorpusConfig) -> int | None:
+    """Processes for the per-line maps; None (in-process) for one, since datasets forks even for 1."""
+    n = cfg.num_proc or min(4, os.cpu_count() or 1)
+    return n if n > 1 else None
+
+
 def load_text(cfg: CorpusConfig) -> Dataset:
     """A dataset with one ``text`` column of cleaned, non-empty lines."""
     if cfg.hub is not None:
@@ -75,12 +86,16 @@ def load_text(cfg: CorpusConfig) -> Dataset:
         def clean(batch):
             return {"text": [clean_wikitext(t) or "" for t in batch["text"]]}
 
-        ds = ds.map(clean, batched=True, desc="clean wikitext")
-    return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, desc="drop blanks")
+        ds = ds.map(clean, batched=True, num_proc=num_proc(cfg), desc="clean wikitext")
+    return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True,
+                     num_proc=num_proc(cfg), desc="drop blanks")
 
 
-def tokenize_blocks(text: Dataset, tokenizer, seq_length: int) -> Dataset:
-    """Concatenate token ids and cut them into ``[CLS] x [SEP]`` blocks."""
+def tokenize_blocks(text: Dataset, tokenizer, seq_length: int, procs: int | None = None) -> Dataset:
+    """Concatenate token ids and cut them into ``[CLS] x [SEP]`` blocks.
+
+    ``procs`` processes tokenize; the blocks do not depend on it.
+    """
     body = seq_length - 2
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:
@@ -97,12 +112,14 @@ def tokenize_blocks(text: Dataset, tokenizer, seq_length: int) -> Dataset:
             "input_ids": [[cls_id, *flat[i * body:(i + 1) * body], sep_id] for i in range(n)]
         }
 
-    ids = text.map(tokenize, batched=True, remove_columns=text.column_names, desc="tokenize")
+    ids = text.map(tokenize, batched=True, remove_columns=text.column_names, num_proc=procs,
+                   desc="tokenize")
+    # One process on purpose (see the module docstring): blocks must not depend on num_proc.
     return ids.map(group, batched=True, batch_size=1000, remove_columns=["ids"], desc="group blocks")
 
 
 def load_blocks(cfg: CorpusConfig, tokenizer) -> Dataset:
-    blocks = tokenize_blocks(load_text(cfg), tokenizer, cfg.seq_length)
+    blocks = tokenize_blocks(load_text(cfg), tokenizer, cfg.seq_length, num_proc(cfg))
     if len(blocks) == 0:
         raise CorpusError(
             f"corpus: no block of {cfg.seq_length} tokens could be made; add text or lower corpus.seq_length"

@@ -85,7 +85,8 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     from layersearch.precision import resolve_precision
 
     data = cfg.to_dict()
-    corpus = {k: v for k, v in data["corpus"].items() if k != "cache_dir"}
+    # num_proc changes how fast blocks are made, never which (test_blocks checks it).
+    corpus = {k: v for k, v in data["corpus"].items() if k not in ("cache_dir", "num_proc")}
     corpus["identity"] = corpus_identity(cfg.corpus)
     proxy = {k: v for k, v in data["proxy"].items() if k != "slice_seeds"}
     runtime = runtime_identity(device, cfg.proxy.train.precision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from datasets import Dataset
 from transformers import BertTokenizerFast
 
@@ -35,3 +36,28 @@ def test_blocks_are_framed_and_fixed_length(tmp_path):
     flat = [t for b in ids for t in b[1:-1]]
     expected = tok(list(text["text"]), add_special_tokens=False)["input_ids"]
     assert flat == [t for seq in expected for t in seq][:20]
+
+
+def test_num_proc_is_validated_and_defaults_to_the_cpus(monkeypatch):
+    from pydantic import ValidationError
+
+    from layersearch.config import CorpusConfig
+    from layersearch.data.corpus import num_proc
+
+    with pytest.raises(ValidationError, match="num_proc"):
+        CorpusConfig(paths=["x"], num_proc=0)
+    assert num_proc(CorpusConfig(paths=["x"], num_proc=3)) == 3
+    assert num_proc(CorpusConfig(paths=["x"], num_proc=1)) is None  # in-process, no fork
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert num_proc(CorpusConfig(paths=["x"])) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert num_proc(CorpusConfig(paths=["x"])) == 2
+
+
+def test_num_proc_stays_out_of_the_proxy_spec(quickstart_raw):
+    from layersearch.config import Config
+    from layersearch.fitness.spec import spec_key
+
+    one = Config.model_validate({**quickstart_raw, "corpus": {**quickstart_raw["corpus"], "num_proc": 1}})
+    two = Config.model_validate({**quickstart_raw, "corpus": {**quickstart_raw["corpus"], "num_proc": 2}})
+    assert spec_key(one) == spec_key(two)
