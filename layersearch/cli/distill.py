@@ -77,7 +77,7 @@ def _read_state(ckpt_dir: Path) -> dict | None:
                           "to start over") from None
 
 
-def check_resume(state: dict, cfg: Config, mapping) -> None:
+def check_resume(state: dict, cfg: Config, mapping, data: str) -> None:
     """A resumed run must compute what the killed one did: same config, same mapping."""
     now = _settings(cfg)
     changed = sorted(k for k in set(now) | set(state["config"])
@@ -86,6 +86,9 @@ def check_resume(state: dict, cfg: Config, mapping) -> None:
         shown = ", ".join(f"{k} ({state['config'].get(k)!r} -> {now.get(k)!r})" for k in changed[:4])
         raise ResumeError(f"--resume: the config differs from the run being resumed: {shown}"
                           f"{' ...' if len(changed) > 4 else ''}; use the same config or start over")
+    if state.get("data") != data:
+        raise ResumeError("--resume: the corpus changed since the run began (its files, tokenizer or "
+                          "block length); resume on the same corpus or start over")
     saved = (state["genes"], state.get("init"))
     if saved != (list(mapping.genes), list(mapping.init) if mapping.init else None):
         raise ResumeError(f"--resume: the run being resumed used mapping {saved[0]} "
@@ -120,6 +123,7 @@ class _StopFileOnSigterm:
 def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool = False,
                 progress: bool = True) -> tuple[str, Path]:
     """The distill job; returns (MLflow run id, model directory)."""
+    from layersearch.data.blocks import open_blocks
     from layersearch.distill import clean_temporary
     from layersearch.distill.job import (
         STOP_FILE,
@@ -129,7 +133,7 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
         write_json_atomic,
     )
     from layersearch.distill.launch import fit_on_ray, use_ray
-    from layersearch.models import load_teacher_config
+    from layersearch.models import load_teacher_config, load_tokenizer
     from layersearch.resolve import lineage_tags, resolve_any_mapping
     from layersearch.tracking import Tracker, flatten
 
@@ -142,13 +146,16 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     if not resume:
         _fresh_checkpoint_dir(ckpt_dir)
     num_teacher_layers = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    # Tokenised here, once, into the datasets cache the workers then only open.
+    data = open_blocks(cfg.corpus, load_tokenizer(cfg.teacher.model, cfg.teacher.revision),
+                       cfg.distill.corpus_blocks, cfg.distill.train.seed)
     tags = {"layersearch.kind": "distill"}
     with tracker.run(f"distill {mapping_spec}", tags=tags,
                      run_id=state["run_id"] if state else None) as run_id:
         # Resolved inside the run, so a bad mapping is on record as a FAILED run.
         mapping = resolve_any_mapping(mapping_spec, cfg, num_teacher_layers)
         if state is not None:
-            check_resume(state, cfg, mapping)
+            check_resume(state, cfg, mapping, data.fingerprint)
         else:
             tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping),
                                         "output_dir": str(output_dir)})
@@ -157,7 +164,7 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             state = {"run_id": run_id, "config": _settings(cfg), "genes": list(mapping.genes),
                      "init": list(mapping.init) if mapping.init else None,
-                     "mapping_spec": mapping_spec, "logged_through": 0}
+                     "mapping_spec": mapping_spec, "data": data.fingerprint, "logged_through": 0}
             write_json_atomic(ckpt_dir / RUN_STATE, state)
         clean_temporary(ckpt_dir)
         (ckpt_dir / STOP_FILE).unlink(missing_ok=True)

@@ -87,7 +87,7 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     import torch
 
     from layersearch.config import Config
-    from layersearch.data.slices import get_slice
+    from layersearch.data.blocks import open_blocks
     from layersearch.distill.callbacks import StopOnSignal
     from layersearch.distill.trainer import train
     from layersearch.export import save_model_dir
@@ -100,8 +100,8 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
     mapping = Mapping(tuple(job.genes), teacher.config.num_hidden_layers,
                       tuple(job.init) if job.init else None)
-    data = get_slice(cfg.corpus, tokenizer, cfg.distill.corpus_blocks,
-                     cfg.distill.train.seed).input_ids
+    # Memory-mapped: each worker reads only the rows of its share, whatever the corpus size.
+    data = open_blocks(cfg.corpus, tokenizer, cfg.distill.corpus_blocks, cfg.distill.train.seed)
     pad = tokenizer.pad_token_id or 0
     torch.manual_seed(cfg.student.init.seed)
     student, loss, report = make_student(cfg, teacher, mapping, data, pad, tokenizer)
