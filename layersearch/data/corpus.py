@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from layersearch.config import CorpusConfig
 from layersearch.errors import UserError
@@ -55,6 +56,17 @@ def corpus_files(cfg: CorpusConfig) -> list[Path]:
     return files
 
 
+def _not_utf8(files: list[str]) -> str:
+    """Which corpus file stopped the text loader, and how to fix it."""
+    for name in files:
+        try:
+            Path(name).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            return (f"corpus.paths: {name} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                    f"offset {err.start}); convert it (iconv -t utf-8) or leave it out")
+    return "corpus.paths: a corpus file is not UTF-8 text; convert it (iconv -t utf-8) or leave it out"
+
+
 def _is_wikitext(cfg: CorpusConfig, path: str) -> bool:
     if cfg.format != "auto":
         return cfg.format == "wikitext"
@@ -78,7 +90,12 @@ def load_text(cfg: CorpusConfig) -> Dataset:
         sources = [wikitext]
     else:
         files = [str(f) for f in corpus_files(cfg)]
-        ds = load_dataset("text", data_files={"train": files}, split="train")
+        try:
+            ds = load_dataset("text", data_files={"train": files}, split="train")
+        except DatasetGenerationError as exc:
+            if isinstance(exc.__cause__, UnicodeDecodeError):
+                raise CorpusError(_not_utf8(files)) from None
+            raise
         sources = [_is_wikitext(cfg, f) for f in files]
     if any(sources):
         # Mixed folders are rare; cleaning everything as WikiText is harmless

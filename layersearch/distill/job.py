@@ -12,6 +12,7 @@ rather than raised, so that Ray Train does not retry what would fail again.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -121,4 +122,7 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
         save_model_dir(finish_student(student), tokenizer, job.output_dir,
                        {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
     workers.barrier()
+    del student, loss, teacher
+    # DDP's reducer must be freed before Ray Train destroys the process group (a later free aborts).
+    gc.collect()
     return out

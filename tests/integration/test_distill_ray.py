@@ -113,12 +113,14 @@ def test_two_ray_train_workers_match_one_and_survive_a_lost_worker(config, tmp_p
         assert (expected[k] == got[k]).all(), k
 
 
-def test_sigterm_checkpoints_ends_killed_and_resume_finishes_the_same_run(config, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # in-process (a signal handler) and Ray Train (a stop file)
+def test_sigterm_checkpoints_ends_killed_and_resume_finishes_the_same_run(config, tmp_path, workers):
     path, raw = config
-    rc, output = _distill(path, tmp_path / "straight")
+    where = ("--set", f"distill.workers={workers}")
+    rc, output = _distill(path, tmp_path / "straight", *where)
     assert rc == 0, output
 
-    proc = _distill(path, tmp_path / "preempted", wait=False)
+    proc = _distill(path, tmp_path / "preempted", *where, wait=False)
     _wait_for(tmp_path / "preempted.checkpoints" / "checkpoint-4", proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)
@@ -131,7 +133,7 @@ def test_sigterm_checkpoints_ends_killed_and_resume_finishes_the_same_run(config
     killed = runs[-1]
     assert killed.info.status == "KILLED"
 
-    rc, output = _distill(path, tmp_path / "preempted", "--resume")
+    rc, output = _distill(path, tmp_path / "preempted", "--resume", *where)
     assert rc == 0, output
     _, runs = _runs(raw)
     assert len(runs) == 2 and runs[-1].info.run_id == killed.info.run_id

@@ -61,3 +61,15 @@ def test_num_proc_stays_out_of_the_proxy_spec(quickstart_raw):
     one = Config.model_validate({**quickstart_raw, "corpus": {**quickstart_raw["corpus"], "num_proc": 1}})
     two = Config.model_validate({**quickstart_raw, "corpus": {**quickstart_raw["corpus"], "num_proc": 2}})
     assert spec_key(one) == spec_key(two)
+
+
+def test_a_file_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    from layersearch.config import CorpusConfig
+    from layersearch.data.corpus import CorpusError, load_text
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("plain text\n")
+    (tmp_path / "text" / "b.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    cfg = CorpusConfig(paths=[str(tmp_path / "text")], cache_dir=str(tmp_path / "cache"), num_proc=1)
+    with pytest.raises(CorpusError, match=r"b\.txt is not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        load_text(cfg)

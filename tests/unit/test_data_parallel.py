@@ -7,6 +7,7 @@ projections, reduced logs, per-worker random states in checkpoints.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -60,7 +61,11 @@ def _worker(rank: int, world: int, root: str, mode: str, dropout: float) -> None
         if rank == 0:
             (Path(root) / f"{mode}.json").write_text(json.dumps(
                 {"curves": result.curves, "weights": _weights(student, loss)}))
+        del student, teacher, loss, result
     finally:
+        # DDP's reducer must be gone before its process group: a reducer freed later aborts.
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
