@@ -106,7 +106,7 @@ def _fresh_checkpoint_dir(ckpt_dir: Path) -> None:
 
 
 class _StopFileOnSigterm:
-    """In the driver of a Ray Train run: SIGTERM becomes a stop file the workers poll."""
+    """In the driver: SIGTERM becomes a stop file the workers poll (Ray Train workers are other processes)."""
 
     def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
@@ -126,13 +126,14 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     from layersearch.data.blocks import open_blocks
     from layersearch.distill import clean_temporary
     from layersearch.distill.job import (
+        RESULT_FILE,
         STOP_FILE,
         DistillJob,
         raise_reported,
         run_worker,
         write_json_atomic,
     )
-    from layersearch.distill.launch import fit_on_ray, use_ray
+    from layersearch.distill.launch import fit_on_ray, start_ray, use_ray
     from layersearch.models import load_teacher_config, load_tokenizer
     from layersearch.resolve import lineage_tags, resolve_any_mapping
     from layersearch.tracking import Tracker, flatten
@@ -167,21 +168,24 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
                      "mapping_spec": mapping_spec, "data": data.fingerprint, "logged_through": 0}
             write_json_atomic(ckpt_dir / RUN_STATE, state)
         clean_temporary(ckpt_dir)
-        (ckpt_dir / STOP_FILE).unlink(missing_ok=True)
+        for stale in (STOP_FILE, RESULT_FILE):  # a stopped part's, not this one's
+            (ckpt_dir / stale).unlink(missing_ok=True)
         console.print(f"MLflow run [bold]{run_id}[/] ({cfg.tracking.uri}); mapping {mapping}; "
                       f"{cfg.distill.workers} worker(s)" + ("; resuming" if resume else ""))
         job = DistillJob(config=cfg.to_dict(), genes=list(mapping.genes),
                          init=list(mapping.init) if mapping.init else None,
                          checkpoint_dir=str(ckpt_dir.resolve()), output_dir=str(output_dir.resolve()),
-                         progress=progress, workdir=os.getcwd())
-        if use_ray(cfg):
-            stopper = _StopFileOnSigterm(ckpt_dir / STOP_FILE)
-            try:
-                result = fit_on_ray(cfg, job, f"distill-{run_id}")
-            finally:
-                stopper.close()
-        else:
-            result = run_worker(job)
+                         progress=progress, workdir=os.getcwd(), data=data)
+        on_ray = use_ray(cfg)
+        if on_ray:
+            start_ray(cfg)
+        # From here on SIGTERM stops the workers at their next step (in-process, the
+        # trainer's own handler takes over while it trains).
+        stopper = _StopFileOnSigterm(ckpt_dir / STOP_FILE)
+        try:
+            result = fit_on_ray(cfg, job, f"distill-{run_id}") if on_ray else run_worker(job)
+        finally:
+            stopper.close()
         raise_reported(result)
         _log_result(tracker, run_id, result, state["logged_through"])
         if result["stopped"]:

@@ -39,6 +39,9 @@ class DistillJob:
     # Train starts workers elsewhere (with `ray job submit --working-dir`, every
     # node unpacks the same package at the same path).
     workdir: str = ""
+    # The corpus blocks the driver opened (``data.blocks.BlockSource``): they pickle as
+    # the names of their memory-mapped files, so workers neither tokenise nor re-hash.
+    data: object | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +105,8 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     mapping = Mapping(tuple(job.genes), teacher.config.num_hidden_layers,
                       tuple(job.init) if job.init else None)
     # Memory-mapped: each worker reads only the rows of its share, whatever the corpus size.
-    data = open_blocks(cfg.corpus, tokenizer, cfg.distill.corpus_blocks, cfg.distill.train.seed)
+    data = job.data if job.data is not None else open_blocks(
+        cfg.corpus, tokenizer, cfg.distill.corpus_blocks, cfg.distill.train.seed)
     pad = tokenizer.pad_token_id or 0
     torch.manual_seed(cfg.student.init.seed)
     student, loss, report = make_student(cfg, teacher, mapping, data, pad, tokenizer)

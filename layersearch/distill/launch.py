@@ -31,6 +31,17 @@ def use_ray(cfg: Config) -> bool:
     return cfg.distill.workers > 1 or bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
+def start_ray(cfg: Config) -> None:
+    """Connect to the cluster or start a local Ray. Before any SIGTERM handler of ours:
+    ``ray.init`` installs its own, which would otherwise replace it."""
+    import ray
+
+    if not ray.is_initialized():
+        # Worker output (the progress lines) is forwarded to this terminal.
+        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
+                 configure_logging=True, logging_level="WARNING")
+
+
 def _worker_loop(config: dict) -> None:
     import os
 
@@ -50,14 +61,10 @@ def _use_gpu(cfg: Config) -> bool:
 
 def fit_on_ray(cfg: Config, job: DistillJob, run_name: str) -> dict:
     """Run ``job`` on ``cfg.distill.workers`` Ray Train workers; returns rank 0's result."""
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        # Worker output (the progress lines) is forwarded to this terminal.
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+    start_ray(cfg)
     gpu = _use_gpu(cfg)
     resources = {"CPU": cfg.distill.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
