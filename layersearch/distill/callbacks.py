@@ -16,6 +16,7 @@ without being listed.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,12 @@ class StopOnSignal(TrainerCallback):
             self._previous = None
 
 
+def _write_line(line: str) -> None:
+    # Not print(): Ray Train patches print in its workers and each line would reach the user twice.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -105,9 +112,9 @@ class ProgressLine(TrainerCallback):
     """
 
     def __init__(self, tokens_per_step: int, start_step: int = 0, every_s: float = 10.0,
-                 printer=print) -> None:
+                 printer=None) -> None:
         self.tokens_per_step, self.start_step = tokens_per_step, start_step
-        self.every_s, self.printer = every_s, printer
+        self.every_s, self.printer = every_s, printer or _write_line
         self.began = time.perf_counter()
         self.last = 0.0
 
