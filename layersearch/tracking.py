@@ -122,6 +122,11 @@ class Tracker:
         for i in range(0, len(items), METRIC_BATCH):
             self.client.log_batch(run_id, metrics=items[i:i + METRIC_BATCH])
 
+    def clear_tag(self, run_id: str, key: str) -> None:
+        """Remove a tag if the run has it (a resumed run drops its stopped part's error)."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))

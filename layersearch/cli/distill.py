@@ -106,18 +106,25 @@ def _fresh_checkpoint_dir(ckpt_dir: Path) -> None:
 
 
 class _StopFileOnSigterm:
-    """In the driver: SIGTERM becomes a stop file the workers poll (Ray Train workers are other processes)."""
+    """In the driver, for the run's whole life: SIGTERM becomes a stop file the workers poll
+    (Ray Train workers are other processes). A stale stop file is removed on entry."""
 
     def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
+
+    def __enter__(self):
+        self.stop_file.unlink(missing_ok=True)
         self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
 
     def _handle(self, signum, frame) -> None:
+        self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
-        signal.signal(signal.SIGTERM, self.previous or signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one kills, as usual
 
-    def close(self) -> None:
+    def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGTERM, self.previous)
+        self.stop_file.unlink(missing_ok=True)
 
 
 def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool = False,
@@ -150,14 +157,24 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     # Tokenised here, once, into the datasets cache the workers then only open.
     data = open_blocks(cfg.corpus, load_tokenizer(cfg.teacher.model, cfg.teacher.revision),
                        cfg.distill.corpus_blocks, cfg.distill.train.seed)
+    if state is not None:
+        # Checked before the run is reopened: a wrong resume leaves the stopped run as it was.
+        mapping = resolve_any_mapping(mapping_spec, cfg, num_teacher_layers)
+        check_resume(state, cfg, mapping, data.fingerprint)
+    on_ray = use_ray(cfg)
+    if on_ray:
+        start_ray(cfg)
     tags = {"layersearch.kind": "distill"}
     with tracker.run(f"distill {mapping_spec}", tags=tags,
-                     run_id=state["run_id"] if state else None) as run_id:
-        # Resolved inside the run, so a bad mapping is on record as a FAILED run.
-        mapping = resolve_any_mapping(mapping_spec, cfg, num_teacher_layers)
+                     run_id=state["run_id"] if state else None) as run_id, \
+            _StopFileOnSigterm(ckpt_dir / STOP_FILE):
+        # From here on SIGTERM stops the workers at their next step (in-process, the
+        # trainer's own handler takes over while it trains); the run then ends KILLED.
         if state is not None:
-            check_resume(state, cfg, mapping, data.fingerprint)
+            tracker.clear_tag(run_id, "layersearch.error")  # the stopped part's reason
         else:
+            # Resolved inside the run, so a bad mapping is on record as a FAILED run.
+            mapping = resolve_any_mapping(mapping_spec, cfg, num_teacher_layers)
             tracker.log_params(run_id, {**flatten(cfg.to_dict()), **mapping_params(mapping),
                                         "output_dir": str(output_dir)})
             tracker.set_tags(run_id, lineage_tags(mapping_spec, cfg))
@@ -168,24 +185,14 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
                      "mapping_spec": mapping_spec, "data": data.fingerprint, "logged_through": 0}
             write_json_atomic(ckpt_dir / RUN_STATE, state)
         clean_temporary(ckpt_dir)
-        for stale in (STOP_FILE, RESULT_FILE):  # a stopped part's, not this one's
-            (ckpt_dir / stale).unlink(missing_ok=True)
+        (ckpt_dir / RESULT_FILE).unlink(missing_ok=True)  # a stopped part's, not this one's
         console.print(f"MLflow run [bold]{run_id}[/] ({cfg.tracking.uri}); mapping {mapping}; "
                       f"{cfg.distill.workers} worker(s)" + ("; resuming" if resume else ""))
         job = DistillJob(config=cfg.to_dict(), genes=list(mapping.genes),
                          init=list(mapping.init) if mapping.init else None,
                          checkpoint_dir=str(ckpt_dir.resolve()), output_dir=str(output_dir.resolve()),
                          progress=progress, workdir=os.getcwd(), data=data)
-        on_ray = use_ray(cfg)
-        if on_ray:
-            start_ray(cfg)
-        # From here on SIGTERM stops the workers at their next step (in-process, the
-        # trainer's own handler takes over while it trains).
-        stopper = _StopFileOnSigterm(ckpt_dir / STOP_FILE)
-        try:
-            result = fit_on_ray(cfg, job, f"distill-{run_id}") if on_ray else run_worker(job)
-        finally:
-            stopper.close()
+        result = fit_on_ray(cfg, job, f"distill-{run_id}") if on_ray else run_worker(job)
         raise_reported(result)
         _log_result(tracker, run_id, result, state["logged_through"])
         if result["stopped"]:

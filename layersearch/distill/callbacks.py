@@ -79,7 +79,7 @@ class StopOnSignal(TrainerCallback):
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def should_stop(self) -> bool:
         if not self.requested and self.stop_file is not None and self.stop_file.exists():

@@ -59,7 +59,8 @@ def random_states() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": np.random.get_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This worker's own device only: a restarted worker may see other GPUs, or fewer.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -68,7 +69,7 @@ def set_random_states(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _rng_payload(state: dict) -> dict:

@@ -93,7 +93,7 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     from layersearch.config import Config
     from layersearch.data.blocks import open_blocks
     from layersearch.distill.callbacks import StopOnSignal
-    from layersearch.distill.trainer import train
+    from layersearch.distill.trainer import train, training_device
     from layersearch.export import save_model_dir
     from layersearch.mapping import Mapping
     from layersearch.models import load_teacher_for, load_tokenizer
@@ -105,8 +105,10 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
     mapping = Mapping(tuple(job.genes), teacher.config.num_hidden_layers,
                       tuple(job.init) if job.init else None)
     # Memory-mapped: each worker reads only the rows of its share, whatever the corpus size.
-    data = job.data if job.data is not None else open_blocks(
-        cfg.corpus, tokenizer, cfg.distill.corpus_blocks, cfg.distill.train.seed)
+    data = job.data
+    if data is None or not all(os.path.exists(f) for f in data.cache_files):
+        # Another node without the driver's datasets cache: build (or find) its own.
+        data = open_blocks(cfg.corpus, tokenizer, cfg.distill.corpus_blocks, cfg.distill.train.seed)
     pad = tokenizer.pad_token_id or 0
     torch.manual_seed(cfg.student.init.seed)
     student, loss, report = make_student(cfg, teacher, mapping, data, pad, tokenizer)
@@ -115,18 +117,27 @@ def _train(job: DistillJob, workers, ckpt: Path) -> dict:
         result = train(student, teacher, loss, data, cfg.distill.train, pad_token_id=pad,
                        checkpoint_dir=ckpt, resume=True, progress=job.progress,
                        callbacks=[stop], workers=workers)
+        out = {"steps": result.steps, "total_steps": result.total_steps, "tokens": result.tokens,
+               "seconds": result.seconds, "stopped": result.stopped,
+               "curves": result.curves, "speed": result.speed, "init_report": report,
+               "objective_weights": dict(loss.weights), "world_size": workers.world_size}
+        failure = None
+        if workers.is_main and not result.stopped:
+            mapping_json = json.dumps(mapping.to_json(cfg.teacher.model, list(loss.weights)), indent=2)
+            try:
+                save_model_dir(finish_student(student), tokenizer, job.output_dir,
+                               {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
+            except Exception as exc:  # every worker must learn of it, not wait for rank 0
+                failure = exc
+        (failed,) = workers.any(failure is not None,
+                                device=training_device(cfg.distill.train.precision)[0])
+        if failure is not None:
+            raise failure
+        if failed:
+            raise UserError("the main worker could not write the model directory")
+        return out
     finally:
         stop.close()
-    out = {"steps": result.steps, "total_steps": result.total_steps, "tokens": result.tokens,
-           "seconds": result.seconds, "stopped": result.stopped,
-           "curves": result.curves, "speed": result.speed, "init_report": report,
-           "objective_weights": dict(loss.weights), "world_size": workers.world_size}
-    if workers.is_main and not result.stopped:
-        mapping_json = json.dumps(mapping.to_json(cfg.teacher.model, list(loss.weights)), indent=2)
-        save_model_dir(finish_student(student), tokenizer, job.output_dir,
-                       {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
-    workers.barrier()
-    del student, loss, teacher
-    # DDP's reducer must be freed before Ray Train destroys the process group (a later free aborts).
-    gc.collect()
-    return out
+        del student, loss, teacher
+        # DDP's reducer must be freed before Ray Train destroys the process group (a later free aborts).
+        gc.collect()

@@ -7,7 +7,11 @@ and its projections are wrapped in DDP (gradients averaged), and logged values
 and stop/failure flags are reduced so that every worker takes the same
 decision at the same step. Each shard's loss is a mean over its equal part of
 the batch, so W workers with batch b/W compute the gradient one worker computes
-with batch b.
+with batch b for every objective that is a mean over examples of equal weight
+(the hidden-state, attention and relation losses on corpus blocks, which hold
+no padding). WID's MLM loss is a mean over each shard's masked tokens, whose
+count varies by shard: there the average of shard means weights tokens a little
+unequally, as data-parallel MLM training usually does.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from layersearch.config import TrainConfig
 from layersearch.cpu_memory import keep_freed_memory
 from layersearch.distill.callbacks import ProgressLine, StepHook, StopAfter, TrainerCallback
 from layersearch.distill.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -233,8 +234,19 @@ def train(
     if resume and ckpt_root is not None:
         latest = latest_checkpoint(ckpt_root)
         if latest is not None:
-            start_step, curves = load_checkpoint(latest, student, loss_module, optimizer, scheduler,
-                                                 workers.rank, workers.world_size)
+            failure = None
+            try:
+                start_step, curves = load_checkpoint(latest, student, loss_module, optimizer,
+                                                     scheduler, workers.rank, workers.world_size)
+            except CheckpointError as exc:
+                failure = exc
+            # One worker's damaged random state must stop all of them, not leave them waiting.
+            (failed,) = workers.any(failure is not None, device=device)
+            if failure is not None:
+                raise failure
+            if failed:
+                raise CheckpointError(f"checkpoint {latest} is corrupt or incomplete for another "
+                                      "worker; delete it to start over")
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * seq_length
     hooks = hooks_of(loss_module, callbacks)

@@ -107,6 +107,9 @@ def test_two_ray_train_workers_match_one_and_survive_a_lost_worker(config, tmp_p
     os.kill(max(victims), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
+    # The worker group really was started again, and rank 0 went on from a checkpoint.
+    assert output.count("[rank=0, world_size=2]") == 2, output
+    assert "distill step 1/20" in output and any(f"distill step {k}/20" in output for k in range(5, 21))
     expected, got = _weights(tmp_path / "two"), _weights(tmp_path / "lost")
     assert expected.keys() == got.keys()
     for k in expected:
