@@ -18,7 +18,7 @@ from datasets import Dataset
 
 from layersearch.config import CorpusConfig
 from layersearch.data.corpus import CorpusError, load_blocks
-from layersearch.data.slices import slice_key
+from layersearch.data.slices import slice_key, slice_rows
 
 
 class BlockSource:
@@ -119,13 +119,5 @@ def open_blocks(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> Bl
     """
     blocks = load_blocks(cfg, tokenizer)
     n = len(blocks)
-    index = None
-    if size is not None:
-        if size > n:
-            raise CorpusError(
-                f"slice of {size} blocks requested but the corpus has only {n} blocks of "
-                f"{cfg.seq_length} tokens; lower the slice size or add text"
-            )
-        # get_slice's draw, kept identical (test_blocks compares the two).
-        index = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    index = None if size is None else slice_rows(n, size, seed, cfg.seq_length)
     return BlockSource(blocks, cfg.seq_length, index, slice_key(cfg, tokenizer, size, seed))

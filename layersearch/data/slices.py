@@ -76,6 +76,17 @@ def slice_key(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def slice_rows(n: int, size: int, seed: int, seq_length: int) -> np.ndarray:
+    """The sorted rows of a seeded slice of ``size`` blocks out of ``n``: one draw for
+    ``get_slice`` and ``blocks.open_blocks``, so both name the same blocks."""
+    if size > n:
+        raise CorpusError(
+            f"slice of {size} blocks requested but the corpus has only {n} blocks of "
+            f"{seq_length} tokens; lower the slice size or add text"
+        )
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
 def _read(path: Path, key: str) -> Slice:
     meta = json.loads((path / "slice.json").read_text())
     ids = load_file(str(path / "input_ids.safetensors"))["input_ids"].long()
@@ -91,15 +102,7 @@ def get_slice(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> Slic
         return _read(path, key)
     blocks = load_blocks(cfg, tokenizer)
     n = len(blocks)
-    if size is None:
-        index = np.arange(n)
-    else:
-        if size > n:
-            raise CorpusError(
-                f"slice of {size} blocks requested but the corpus has only {n} blocks of "
-                f"{cfg.seq_length} tokens; lower the slice size or add text"
-            )
-        index = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    index = np.arange(n) if size is None else slice_rows(n, size, seed, cfg.seq_length)
     ids = torch.tensor(blocks.select(index)["input_ids"], dtype=torch.int32)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
