@@ -150,7 +150,8 @@ def measured_spreads() -> tuple[dict, str]:
     from layersearch.fitness.aggregate import unit_fitness
 
     best = []
-    for folder in Path("proxy_data/evaluations").glob("*"):
+    folders = [*Path("proxy_data/evaluations").glob("*"), *Path("bench/results/ladder/evaluations").glob("*")]
+    for folder in folders:
         records = []
         for path in folder.glob("*.json"):
             with contextlib.suppress(Exception):
@@ -158,12 +159,12 @@ def measured_spreads() -> tuple[dict, str]:
                 if ev.ok and ev.units:  # one slice's units: slices add a variance this surrogate leaves out
                     first = min(u["slice_seed"] for u in ev.units.values())
                     ev.units = {k: u for k, u in ev.units.items() if u["slice_seed"] == first}
-                    if len(ev.units) >= 5:
+                    if len(ev.units) >= 3:
                         records.append(ev)
         if len(records) > len(best):
-            best = records
+            best, where = records, folder
     if len(best) < 4:
-        return dict(DEFAULTS), "defaults (no cache of >= 4 real mappings with >= 5 seeds found)"
+        return dict(DEFAULTS), "defaults (no cache of >= 4 real mappings with >= 3 seeds found)"
     names = sorted(best[0].dev_labels)
     seeds = sorted(set.intersection(*[{u["finetune_seed"] for u in ev.units.values()} for ev in best]))
     table = np.array([[unit_fitness(ev, names)[unit_key(ev.units[next(iter(ev.units))]["slice_seed"], f)]
@@ -173,7 +174,7 @@ def measured_spreads() -> tuple[dict, str]:
     dof = (table.shape[0] - 1) * (table.shape[1] - 1)
     noise = math.sqrt((resid ** 2).sum() / dof)
     return ({"between": float(row.std(ddof=1)), "seed_effect": float(col.std(ddof=1)), "noise": noise},
-            f"{len(best)} real mappings x {len(seeds)} seeds in proxy_data/evaluations")
+            f"{len(best)} real mappings x {len(seeds)} seeds in {where}")
 
 
 METHODS = {  # name: (strategy, racing)

@@ -205,6 +205,30 @@ class TrainConfig(Strict):
         return self
 
 
+class FidelityEvidence(Strict):
+    """What the fidelity ladder (bench/ladder.py) measured for this proxy: how its ranking of
+    mappings agrees with final students', and whether distillation beats the copied init."""
+
+    tau: Annotated[float, Field(ge=-1, le=1)]  # Kendall tau against the ground truth
+    tau_ci: tuple[float, float]  # its 95% bootstrap interval
+    gain: float  # the mappings' mean distillation gain over the untouched init
+    gain_ci: tuple[float, float]
+    source: str  # where and when it was measured
+
+    @property
+    def validated(self) -> bool:
+        """The ranking agrees with final students (tau interval above 0) and distillation helps."""
+        return self.tau_ci[0] > 0 and self.gain_ci[0] > 0
+
+    def text(self) -> str:
+        verdict = ("its ranking agrees with final students" if self.validated else
+                   "no evidence that its ranking predicts final students"
+                   + ("" if self.gain_ci[0] > 0 else ", and its students score no better than their init"))
+        return (f"this proxy against final students: Kendall tau {self.tau:+.2f} [{self.tau_ci[0]:+.2f}, "
+                f"{self.tau_ci[1]:+.2f}], distillation gain {self.gain:+.4f} [{self.gain_ci[0]:+.4f}, "
+                f"{self.gain_ci[1]:+.4f}] ({self.source}): {verdict}")
+
+
 class ProxyConfig(Strict):
     """The proxy setting: a seeded corpus slice and a small step budget."""
 
@@ -219,6 +243,8 @@ class ProxyConfig(Strict):
     # the two again. A mapping that carries init genes (search.search_init) wins.
     init_layers: Literal[LAYER_CHOICES] | list[PosInt] = "uniform"  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()
+    # The ladder's figures for this proxy (None: never measured); the search reports them.
+    evidence: FidelityEvidence | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -265,6 +291,9 @@ class TasksConfig(Strict):
     names: list[str] = ["sst2", "mrpc", "rte"]
     weights: list[Annotated[float, Field(ge=0)]] | None = None
     finetune: FinetuneConfig = FinetuneConfig()
+    # Also score the untouched init the same way (one cached evaluation where the
+    # init is fixed) and report each evaluation's distillation gain over it.
+    init_baseline: bool = True
 
     @model_validator(mode="after")
     def _known_tasks(self) -> TasksConfig:
@@ -306,6 +335,32 @@ class DistillConfig(Strict):
             raise ValueError(f"train.batch_size {self.train.batch_size} must be divisible by "
                              f"workers ({self.workers}): each worker takes an equal share")
         return self
+
+
+class ConfirmTasks(TasksConfig):
+    """The ground truth's downstream evaluation: more tasks, examples and seeds than the proxy's."""
+
+    source: str | None = None  # None: the tasks section's source
+    # The proxy's two tasks and two it does not use.
+    names: list[str] = ["sst2", "mrpc", "rte", "cola"]
+    finetune: FinetuneConfig = FinetuneConfig(train_examples=3200, seeds=[0, 1, 2, 3, 4])
+
+    @field_validator("finetune")
+    @classmethod
+    def _enough_seeds(cls, ft: FinetuneConfig) -> FinetuneConfig:
+        if len(ft.seeds) < 2:
+            raise ValueError("confirm.tasks.finetune.seeds: give at least 2 seeds (5 or more is the "
+                             "default) so that fine-tune noise is measured")
+        return ft
+
+
+class ConfirmConfig(Strict):
+    """``layersearch confirm``: full distillations of a few mappings, scored downstream."""
+
+    distill_seeds: PosInt = 1  # distillation runs per mapping (seeds distill.train.seed, +1, ...)
+    tasks: ConfirmTasks = ConfirmTasks()
+    output_dir: str = "outputs/confirm"  # the final students, one model directory per run
+    cache_dir: str | None = None  # the downstream units; None: search.cache_dir
 
 
 class RacingConfig(Strict):
@@ -430,6 +485,7 @@ class Config(Strict):
     proxy: ProxyConfig = ProxyConfig()
     tasks: TasksConfig = TasksConfig()
     distill: DistillConfig = DistillConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -133,6 +133,16 @@ def seed_layers(
     return [g or u for g, u in zip(mapping.genes, uniform, strict=True)]
 
 
+def init_identity(cfg: InitConfig, mapping: Mapping) -> Mapping:
+    """The untouched init of ``mapping``'s student, named by the teacher layers it starts from.
+
+    Students whose inits have the same name are the same model before training (the
+    init is seeded by ``cfg.seed``), so their baseline evaluation is shared.
+    """
+    layers = seed_layers(cfg, mapping, mapping.num_student_layers, mapping.num_teacher_layers)
+    return Mapping(tuple(layers), mapping.num_teacher_layers)
+
+
 def proxy_init_config(cfg) -> InitConfig:
     """The student init a proxy evaluation uses: ``proxy.init_layers`` stands in for
     ``student.init.layers: mapping``, so the searched genes choose supervision only."""

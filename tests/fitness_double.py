@@ -143,6 +143,19 @@ class UnitLandscapeEvaluator:
         ev.timings = {"distill_s": 0.01, "total_s": 0.02}
         return summarize(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
 
+    def evaluate_init(self, mapping, prior=None, units=None, progress: bool = False) -> Evaluation:
+        """The untouched init: scored like the mapping that is farthest from TARGET (all 1s),
+        recorded under the init's name and spec key, as the real evaluator does."""
+        from layersearch.fitness import init_spec_key
+        from layersearch.init import init_identity, proxy_init_config
+        from layersearch.mapping import Mapping
+
+        worst = Mapping(tuple([1] * len(mapping.genes)), mapping.num_teacher_layers)
+        ev = self.evaluate(worst, prior, units)
+        ident = init_identity(proxy_init_config(self.cfg), mapping)
+        ev.genes, ev.spec_key = list(ident.genes), init_spec_key(self.cfg)
+        return ev
+
 
 def unit_factory(marker_dir: str | None = None, noise: float = 0.06, delay: float = 0.0):
     import functools

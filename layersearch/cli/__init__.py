@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from layersearch.cli import compare, data, distill, evaluate, search, validate
+from layersearch.cli import compare, confirm, data, distill, evaluate, search, validate
 
 app = typer.Typer(
     name="layersearch",
@@ -37,6 +37,7 @@ app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("baselines")(evaluate.baselines)
 app.command("compare")(compare.compare)
+app.command("confirm")(confirm.confirm)
 app.command("search")(search.search)
 app.command("show")(search.show)
 app.command("export")(search.export)

@@ -26,9 +26,13 @@ def metric_name(genes) -> str:
     return _KEY_SAFE.sub("-", "-".join(str(g) for g in genes))
 
 
-def report(tracker, run_id: str, comparisons: list, reference, others: list) -> None:
-    """Print the verdict table and record it on ``run_id`` (tags, metrics, comparisons.json)."""
-    table = Table(title=f"paired differences against {comparisons[0].reference} {reference.mapping} "
+def report(tracker, run_id: str, comparisons: list, reference, others: list, gains: dict | None = None,
+           what: str = "") -> None:
+    """Print the verdict table and record it on ``run_id`` (tags, metrics, comparisons.json);
+    ``gains`` (label -> distillation gain) become ``distillation_gain/<genes>`` tags."""
+    from layersearch.fitness.aggregate import gain_word
+
+    table = Table(title=f"{what}paired differences against {comparisons[0].reference} {reference.mapping} "
                         "(fitness of the row minus the reference; 95% interval; Holm-corrected p)")
     for col in ("mapping", "genes", "difference", "95% interval", "p (Holm)", "seeds", "verdict"):
         table.add_column(col, justify="right" if col in ("difference", "p (Holm)", "seeds") else "left")
@@ -42,6 +46,12 @@ def report(tracker, run_id: str, comparisons: list, reference, others: list) -> 
         metrics.update({f"diff/{name}": e.mean, f"diff_ci_low/{name}": e.low, f"diff_ci_high/{name}": e.high,
                         f"p_holm/{name}": c.p_adjusted})
         tags[f"verdict/{name}"] = c.verdict
+    for label, ev in [(comparisons[0].reference, reference), *others]:
+        if gains and label in gains:
+            name = metric_name(ev.genes)
+            g = gains[label]
+            tags[f"distillation_gain/{name}"] = gain_word(g)
+            metrics.update({f"gain/{name}": g.mean, f"gain_ci_low/{name}": g.low, f"gain_ci_high/{name}": g.high})
     console.print(table)
     for c in comparisons:
         console.print(c.text(), highlight=False, soft_wrap=True)
@@ -56,6 +66,7 @@ def report(tracker, run_id: str, comparisons: list, reference, others: list) -> 
 @user_errors
 def compare(config: ConfigArg, mapping: MappingsOpt, no_cache: NoCacheOpt = False, set_: SetOpt = None) -> None:
     """Paired comparison of mappings against the first one: difference, 95% interval, verdict."""
+    from layersearch.cli.confirm import distinct
     from layersearch.fitness import compare as paired
     from layersearch.models import load_teacher_config
     from layersearch.resolve import resolve_any_mapping
@@ -66,18 +77,14 @@ def compare(config: ConfigArg, mapping: MappingsOpt, no_cache: NoCacheOpt = Fals
     mappings = [resolve_any_mapping(spec, cfg, n) for spec in mapping]
     if len(mappings) < 2:
         raise UserError("compare needs at least two mappings: -m REFERENCE -m OTHER [-m ...]")
-    seen = {}
-    for label, m in zip(mapping, mappings, strict=True):
-        if m in seen:
-            raise UserError(f"-m {label} and -m {seen[m]} are the same mapping {m}; name each mapping once")
-        seen[m] = label
+    distinct(list(mapping), mappings)
     tracker = Tracker(cfg.tracking)
     with tracker.run(f"compare {' '.join(mapping)}", tags={"layersearch.kind": "compare"}) as run_id:
         tracker.log_params(run_id, {"reference": str(mappings[0]), "mappings": [str(m) for m in mappings],
                                     "tasks.finetune.seeds": cfg.tasks.finetune.seeds,
                                     "proxy.slice_seeds": cfg.proxy.slice_seeds})
-        results = evaluate_all(cfg, mappings, list(mapping), use_cache=not no_cache, parent_id=run_id,
-                               tracker=tracker)
+        results, gains = evaluate_all(cfg, mappings, list(mapping), use_cache=not no_cache, parent_id=run_id,
+                                      tracker=tracker)
         comparisons = paired(results[0], results[1:], cfg.tasks.names, cfg.tasks.weights)
-        report(tracker, run_id, comparisons, results[0][1], results[1:])
+        report(tracker, run_id, comparisons, results[0][1], results[1:], gains)
     console.print(f"comparison run {run_id}")

@@ -128,8 +128,12 @@ class _StopFileOnSigterm:
 
 
 def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool = False,
-                progress: bool = True) -> tuple[str, Path]:
-    """The distill job; returns (MLflow run id, model directory)."""
+                progress: bool = True, parent_id: str | None = None,
+                tags: dict | None = None) -> tuple[str, Path]:
+    """The distill job; returns (MLflow run id, model directory).
+
+    ``parent_id`` nests the run (``confirm`` does); ``tags`` are added to its lineage tags.
+    """
     from layersearch.data.blocks import open_blocks
     from layersearch.distill import clean_temporary
     from layersearch.distill.job import (
@@ -164,8 +168,8 @@ def run_distill(cfg: Config, mapping_spec: str, output_dir: Path, resume: bool =
     on_ray = use_ray(cfg)
     if on_ray:
         start_ray(cfg)
-    tags = {"layersearch.kind": "distill"}
-    with tracker.run(f"distill {mapping_spec}", tags=tags,
+    tags = {"layersearch.kind": "distill", **(tags or {})}
+    with tracker.run(f"distill {mapping_spec}", tags=tags, parent_id=parent_id,
                      run_id=state["run_id"] if state else None) as run_id, \
             _StopFileOnSigterm(ckpt_dir / STOP_FILE):
         # From here on SIGTERM stops the workers at their next step (in-process, the

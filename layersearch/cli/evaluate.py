@@ -35,10 +35,15 @@ def random_mappings(cfg: Config, count: int, num_teacher_layers: int, seed: int 
 
 
 def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool = True,
-                 parent_id: str | None = None, tracker=None, show: bool = True) -> list:
+                 parent_id: str | None = None, tracker=None, show: bool = True) -> tuple[list, dict]:
     """Evaluate (or read from cache, or extend a cached record with new seeds) each mapping;
-    log one MLflow run each (nested under ``parent_id`` if given); print a table."""
+    log one MLflow run each (nested under ``parent_id`` if given); print a table.
+
+    Returns ((label, evaluation) pairs, {label: distillation gain}); the gains are empty
+    unless ``tasks.init_baseline``.
+    """
     from layersearch.fitness import Evaluator, local_device, spec_key, units_of
+    from layersearch.fitness.baseline import attach_gains
     from layersearch.search.cache import EvaluationCache
     from layersearch.tracking import Tracker, log_evaluation
 
@@ -46,48 +51,100 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
     cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device()))
     units = units_of(cfg)
     evaluator = None  # teacher, slice and task data load only if something must run
-    results = []
+
+    def loaded() -> Evaluator:
+        nonlocal evaluator
+        evaluator = evaluator or Evaluator(cfg)
+        return evaluator
+
+    results, run_ids = [], []
     for label, mapping in zip(labels, mappings, strict=True):
         hit, partial = cache.lookup(mapping, units, cfg.tasks.names, cfg.tasks.weights) if use_cache else (None, None)
-        if hit is not None:
-            note = "cached"
-        elif partial is not None:
-            note = f"extending the cached record ({len(partial.units)} seed(s) stored) ..."
-        else:
-            note = "evaluating ..."
-        console.print(f"[bold]{label}[/] {mapping}: {note}", highlight=False)
+        console.print(f"[bold]{label}[/] {mapping}: {_note(hit, partial)}", highlight=False)
         with tracker.run(f"eval {mapping}", parent_id=parent_id,
                          tags={"layersearch.kind": "evaluation", "layersearch.label": label}) as run_id:
             if hit is None:
-                evaluator = evaluator or Evaluator(cfg)
-                ev = evaluator.evaluate(mapping, prior=partial, progress=True)
+                ev = loaded().evaluate(mapping, prior=partial, progress=True)
                 cache.put(ev)
             else:
                 ev = hit
             log_evaluation(tracker, run_id, ev, cached=hit is not None)
         results.append((label, ev))
+        run_ids.append(run_id)
+    gains = {}
+    if cfg.tasks.init_baseline:
+        gains = attach_gains(cfg.tasks, results, run_ids,
+                             _proxy_inits(cfg, loaded, tracker, parent_id, use_cache), tracker, say=_say)
     if show:
-        print_table(cfg, results)
-    return results
+        print_table(cfg.tasks.names, results, gains, title="proxy fitness")
+    return results, gains
 
 
-def print_table(cfg: Config, results) -> None:
+def _note(hit, partial) -> str:
+    if hit is not None:
+        return "cached"
+    if partial is not None:
+        return f"extending the cached record ({len(partial.units)} seed(s) stored) ..."
+    return "evaluating ..."
+
+
+def _say(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def _proxy_inits(cfg: Config, loaded, tracker, parent_id: str | None, use_cache: bool):
+    """A function from an evaluation to its untouched proxy init's evaluation: cached under the
+    init spec key, evaluated once per init (once in all where ``proxy.init_layers`` is fixed)."""
+    from layersearch.fitness import init_spec_key, local_device, units_of
+    from layersearch.fitness.baseline import baseline_run
+    from layersearch.init import init_identity, proxy_init_config
+    from layersearch.search.cache import EvaluationCache
+
+    cache = EvaluationCache(cfg.search.cache_dir, init_spec_key(cfg, local_device()))
+    seen: dict[str, object] = {}
+
+    def init_for(ev):
+        ident = init_identity(proxy_init_config(cfg), ev.mapping)
+        if ident.key not in seen:
+            seen[ident.key] = baseline_run(cache, ident, units_of(cfg), cfg.tasks,
+                                           lambda prior: loaded().evaluate_init(ev.mapping, prior, progress=True),
+                                           tracker, parent_id, use_cache, say=_say)
+        return seen[ident.key]
+
+    return init_for
+
+
+def print_table(names: list[str], results, gains: dict | None = None, title: str = "proxy fitness") -> None:
     from layersearch.fitness import interval_text
+    from layersearch.fitness.aggregate import gain_text
 
-    table = Table(title=f"proxy fitness ({', '.join(cfg.tasks.names)}; Matthews correlation, "
+    gains = gains or {}
+    table = Table(title=f"{title} ({', '.join(names)}; Matthews correlation, "
                         "0 = a constant predictor; ± = 95% interval)")
     table.add_column("mapping")
     table.add_column("genes")
-    for name in cfg.tasks.names:
+    for name in names:
         table.add_column(name, justify="right")
     table.add_column("fitness", justify="right", style="bold")
+    if gains:
+        table.add_column("gain over init", justify="right")
     table.add_column("time", justify="right")
     table.add_column("status")
     for label, ev in sorted(results, key=lambda r: -(r[1].fitness if r[1].fitness is not None else -9)):
-        scores = [_task_cell(ev, n) for n in cfg.tasks.names]
-        table.add_row(label, str(ev.mapping), *scores, interval_text(ev), f"{ev.timings.get('total_s', 0):.0f}s",
+        scores = [_task_cell(ev, n) for n in names]
+        gain = [_gain_cell(gains.get(label))] if gains else []
+        table.add_row(label, str(ev.mapping), *scores, interval_text(ev), *gain,
+                      f"{ev.timings.get('total_s', 0):.0f}s",
                       ev.status if len(ev.status) < 60 else ev.status[:57] + "...")
     console.print(table)
+    for label, g in gains.items():
+        console.print(f"{label}: {gain_text(g)}", highlight=False, soft_wrap=True)
+
+
+def _gain_cell(g) -> str:
+    if g is None:
+        return "-"
+    return f"{g.mean:+.4f} [{g.low:+.4f}, {g.high:+.4f}]"
 
 
 def _task_cell(ev, task: str) -> str:

@@ -20,8 +20,9 @@ class SearchDisplay:
     """Live progress like Ray Tune's status table: on a terminal a panel redrawn in
     place; elsewhere (CI logs, files) one line per finished evaluation, each with the ETA."""
 
-    def __init__(self, live: bool | None = None):
+    def __init__(self, live: bool | None = None, evidence=None):
         self.live_wanted = console.is_terminal if live is None else live
+        self.evidence = evidence  # proxy.evidence, said at the start
         self.live = None
         self.recent: list[str] = []
 
@@ -99,6 +100,7 @@ class SearchDisplay:
             console.print(f"strategy auto -> [bold]{strategy}[/] ({why})", highlight=False)
         else:
             console.print(f"strategy {strategy}: {space} genomes in the space, budget {budget}", highlight=False)
+        console.print(fidelity_text(self.evidence), highlight=False, soft_wrap=True)
         rungs = info["rungs"]
         if len(rungs) > 1:
             console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} seed(s); at most the best "
@@ -126,7 +128,7 @@ def search(config: ConfigArg,
     from layersearch.search.driver import SearchDriver
 
     cfg = load(config, set_)
-    display = SearchDisplay()
+    display = SearchDisplay(evidence=cfg.proxy.evidence)
     try:
         result = SearchDriver(cfg, on_event=display).run(resume_run_id=resume)
     finally:
@@ -147,6 +149,19 @@ def search(config: ConfigArg,
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
     say_verdict(result.best, result.versus_uniform, result.winner_is_uniform)
+    console.print(f"  {fidelity_text(cfg.proxy.evidence)}", highlight=False, soft_wrap=True)
+    if result.gain is not None:
+        from layersearch.fitness.aggregate import gain_text
+
+        console.print(f"  the winner's {gain_text(result.gain)}", highlight=False, soft_wrap=True)
+
+
+def fidelity_text(evidence) -> str:
+    """What is known of this proxy's agreement with final students (``proxy.evidence``)."""
+    if evidence is None:
+        return ("this proxy's agreement with final students is not measured (proxy.evidence): check the "
+                "winner with layersearch confirm, or measure the proxy with bench/ladder.py")
+    return evidence.text()
 
 
 def say_verdict(best, versus, winner_is_uniform: bool = False) -> None:
@@ -173,8 +188,10 @@ def say_verdict(best, versus, winner_is_uniform: bool = False) -> None:
 
 
 def _children(tracker, run_id: str):
-    return tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
+    """A search's candidate evaluations (not its winner's init baseline, also a child run)."""
+    runs = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
                                       max_results=50000)
+    return [r for r in runs if r.data.tags.get("layersearch.kind", "evaluation") == "evaluation"]
 
 
 def _tracker(config: Path | None, set_, uri: str | None):

@@ -10,9 +10,17 @@
 from layersearch.fitness.aggregate import Comparison, PairingError, compare, interval_text, summarize
 from layersearch.fitness.evaluator import Evaluator
 from layersearch.fitness.record import Evaluation, evaluation_key, unit_key
-from layersearch.fitness.spec import local_device, proxy_spec, search_device, spec_key, units_of
+from layersearch.fitness.spec import (
+    init_spec_key,
+    local_device,
+    proxy_spec,
+    search_device,
+    spec_key,
+    units_of,
+)
 
 __all__ = [
-    "Comparison", "Evaluation", "Evaluator", "PairingError", "compare", "evaluation_key", "interval_text",
+    "Comparison", "Evaluation", "Evaluator", "PairingError", "compare", "evaluation_key", "init_spec_key",
+    "interval_text",
     "local_device", "proxy_spec", "search_device", "spec_key", "summarize", "unit_key", "units_of",
 ]

@@ -122,6 +122,48 @@ def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluatio
             for (label, _), e, p in zip(others, estimates, adjusted, strict=True)]
 
 
+GAIN_WORDS = ("positive", "none", "negative")
+
+
+def distillation_gain(after: Evaluation, init: Evaluation, names: list[str],
+                      weights: list[float] | None = None) -> Estimate:
+    """``after`` minus its untouched ``init``, paired by unit and dev example.
+
+    The init was fine-tuned with the same seeds on the same dev examples (its
+    units carry the same keys), so shared seed luck cancels as in ``compare``.
+    """
+    for ev in (after, init):
+        if not ev.ok or not ev.units:
+            raise PairingError(f"{ev.mapping} has no per-seed results for a distillation gain ({ev.status})")
+    units = [u for u in unit_order(after) if u in init.units]
+    if not units:
+        raise PairingError(f"{after.mapping} and its init share no (slice, fine-tune seed) unit")
+    for t in names:
+        if after.dev_labels.get(t) != init.dev_labels.get(t):
+            raise PairingError(f"{t}: {after.mapping} and its init were scored on different dev examples")
+    labels = {t: unpack_labels(after.dev_labels[t]) for t in names}
+    return paired_difference({t: init.predictions(t, units) for t in names},
+                             {t: after.predictions(t, units) for t in names}, labels,
+                             task_weights(names, weights), groups=[after.units[u]["slice_seed"] for u in units])
+
+
+def gain_word(gain: Estimate) -> str:
+    """``positive`` or ``negative`` where the 95% interval excludes 0, else ``none``."""
+    if gain.low > 0:
+        return "positive"
+    if gain.high < 0:
+        return "negative"
+    return "none"
+
+
+def gain_text(gain: Estimate) -> str:
+    word = gain_word(gain)
+    text = f"distillation gain {gain.mean:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}] -> {word}"
+    if word != "positive":
+        text += " (no better than the untouched init: this fitness measures the init, not the mapping)"
+    return text
+
+
 def task_scores(ev: Evaluation, names: list[str]) -> dict[str, list[float]]:
     """Each task's chance-corrected score per unit, units in ``unit_order``."""
     units = unit_order(ev)

@@ -26,9 +26,24 @@ from layersearch.config import Config
 from layersearch.finetune import TaskEncodings
 from layersearch.fitness.aggregate import summarize
 from layersearch.fitness.record import Evaluation, pack_labels, unit_key
-from layersearch.fitness.spec import spec_key, units_of
+from layersearch.fitness.spec import init_spec_key, spec_key, units_of
 from layersearch.mapping import Mapping
 from layersearch.packed import split_on_oom
+
+
+def record_unit(ev: Evaluation, slice_seed: int, distill_s: float, r, curves: bool = True) -> None:
+    """One task result (``finetune.TaskResult``) of one fine-tune seed into its unit of ``ev``."""
+    unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
+                               {"slice_seed": slice_seed, "finetune_seed": r.seed,
+                                "distill_s": distill_s, "tasks": {}})
+    unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
+                             "seconds": r.seconds, "steps": r.steps}
+    labels = pack_labels(r.labels)
+    if ev.dev_labels.setdefault(r.task, labels) != labels:
+        raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
+    ev.majority[r.task] = r.majority_baseline
+    if curves:
+        ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
 
 
 class Evaluator:
@@ -41,6 +56,7 @@ class Evaluator:
         self.cfg = cfg
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.spec_key = spec_key(cfg, torch.device(self.device).type)
+        self.init_spec_key = init_spec_key(cfg, torch.device(self.device).type)
         self.teacher = load_teacher_for(cfg, attentions=False)
         self.tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
         self.pad = self.tokenizer.pad_token_id or 0
@@ -95,12 +111,13 @@ class Evaluator:
             raise ValueError(f"units {unknown} are not among this config's slice x fine-tune seeds")
         return [tuple(u) for u in units]
 
-    def _new(self, mapping: Mapping, prior: Evaluation | None, units=None) -> Evaluation:
-        """A record for ``mapping`` that starts from ``prior``'s units of this spec."""
-        ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, self.spec_key,
+    def _new(self, mapping: Mapping, prior: Evaluation | None, units=None, spec: str | None = None) -> Evaluation:
+        """A record for ``mapping`` that starts from ``prior``'s units of this spec (or ``spec``)."""
+        spec = spec or self.spec_key
+        ev = Evaluation(list(mapping.genes), mapping.num_teacher_layers, spec,
                         init=None if mapping.init is None else list(mapping.init),
                         worker=f"{socket.gethostname()}:{os.getpid()}")
-        if prior is not None and prior.ok and prior.spec_key == self.spec_key:
+        if prior is not None and prior.ok and prior.spec_key == spec:
             wanted = [unit_key(s, f) for s, f in self._wanted(units)]
             ev.units = {u: prior.units[u] for u in wanted if u in prior.units}
             ev.dev_labels, ev.majority = dict(prior.dev_labels), dict(prior.majority)
@@ -168,18 +185,8 @@ class Evaluator:
                         self._record(ev, slice_seed, distill_s, out)
 
     def _record(self, ev: Evaluation, slice_seed: int, distill_s: float, r) -> None:
-        """One task result of one fine-tune seed into its unit."""
-        unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
-                                   {"slice_seed": slice_seed, "finetune_seed": r.seed,
-                                    "distill_s": distill_s, "tasks": {}})
-        unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
-                                 "seconds": r.seconds, "steps": r.steps}
-        labels = pack_labels(r.labels)
-        if ev.dev_labels.setdefault(r.task, labels) != labels:
-            raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
-        ev.majority[r.task] = r.majority_baseline
-        if slice_seed == self.cfg.proxy.slice_seeds[0]:  # curves of one slice are enough to look at
-            ev.curves[f"finetune/{r.task}/seed{r.seed}"] = list(enumerate(r.loss_curve, 1))
+        # Curves of one slice are enough to look at.
+        record_unit(ev, slice_seed, distill_s, r, curves=slice_seed == self.cfg.proxy.slice_seeds[0])
 
     def _distilled(self, ev: Evaluation, result, slice_seed: int) -> None:
         if slice_seed == self.cfg.proxy.slice_seeds[0]:
@@ -218,6 +225,33 @@ class Evaluator:
                 self._distilled(ev, result, s)
                 self._finetune(ev, student, s, seeds, progress, result.seconds)
         except Exception as exc:  # a bad candidate is a result, not a crash
+            self._fail(ev, exc)
+        ev.timings["total_s"] = time.perf_counter() - began
+        return self._finish(ev)
+
+    def init_of(self, mapping: Mapping) -> Mapping:
+        """The name of ``mapping``'s untouched proxy init (shared by every mapping where it is fixed)."""
+        from layersearch.init import init_identity, proxy_init_config
+
+        return init_identity(proxy_init_config(self.cfg), mapping)
+
+    def evaluate_init(self, mapping: Mapping, prior: Evaluation | None = None, progress: bool = False,
+                      units: list[tuple[int, int]] | None = None) -> Evaluation:
+        """The init baseline: ``mapping``'s proxy student before distillation, fine-tuned and scored
+        on the same units as ``evaluate`` (recorded under ``init_of(mapping)`` and the init spec key)."""
+        from layersearch.student import make_student
+
+        ev = self._new(self.init_of(mapping), prior, units, spec=self.init_spec_key)
+        began = time.perf_counter()
+        try:
+            for s in self.cfg.proxy.slice_seeds:
+                seeds = self._todo(ev, s, units)
+                if seeds:
+                    # Built exactly as ``evaluate`` builds it, then not trained.
+                    student, _, _ = make_student(self.slice_config(s), self.teacher, mapping, self.slice(s),
+                                                 self.pad)
+                    self._finetune(ev, student, s, seeds, progress, 0.0)
+        except Exception as exc:
             self._fail(ev, exc)
         ev.timings["total_s"] = time.perf_counter() - began
         return self._finish(ev)

@@ -88,7 +88,8 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     # num_proc changes how fast blocks are made, never which (test_blocks checks it).
     corpus = {k: v for k, v in data["corpus"].items() if k not in ("cache_dir", "num_proc")}
     corpus["identity"] = corpus_identity(cfg.corpus)
-    proxy = {k: v for k, v in data["proxy"].items() if k != "slice_seeds"}
+    # Which seeds a unit has, and what the ladder said of the proxy, change no unit.
+    proxy = {k: v for k, v in data["proxy"].items() if k not in ("slice_seeds", "evidence")}
     runtime = runtime_identity(device, cfg.proxy.train.precision)
     # "auto" and what it resolves to on this device kind are the same units;
     # logging and checkpoint cadence change no unit.
@@ -114,9 +115,62 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     }
 
 
-def spec_key(cfg: Config, device: str = "cpu") -> str:
-    blob = json.dumps(proxy_spec(cfg, device), sort_keys=True, separators=(",", ":"))
+def _digest(spec: dict) -> str:
+    blob = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def spec_key(cfg: Config, device: str = "cpu") -> str:
+    return _digest(proxy_spec(cfg, device))
+
+
+def init_spec_key(cfg: Config, device: str = "cpu") -> str:
+    """The key of the untouched proxy init's units: the proxy spec without its training
+    budget, so every proxy length (and every mapping with the same init) shares them."""
+    spec = proxy_spec(cfg, device)
+    spec["proxy"] = {k: v for k, v in spec["proxy"].items() if k != "train"}
+    spec.pop("objective")  # what is matched during training; the init is built before it
+    return _digest({**spec, "kind": "proxy-init"})
+
+
+def final_spec(cfg: Config, device: str = "cpu") -> dict:
+    """What decides a final student of ``confirm`` (the distill section's run, not the proxy's)
+    and how it is scored (``confirm.tasks``). Where it runs (workers, output) is left out:
+    N data-parallel workers train the weights one worker does."""
+    spec = proxy_spec(cfg.model_copy(update={"tasks": confirm_tasks(cfg)}), device)
+    data = cfg.to_dict()["distill"]
+    train = {k: v for k, v in data["train"].items() if k not in ("log_every", "checkpoint_every")}
+    spec["proxy"] = {"distill": {"corpus_blocks": data["corpus_blocks"], "train": train}}
+    return {**spec, "kind": "final"}
+
+
+def final_spec_key(cfg: Config, device: str = "cpu") -> str:
+    return _digest(final_spec(cfg, device))
+
+
+def final_student_key(cfg: Config, device: str = "cpu") -> str:
+    """What decides a final student's weights alone: its scoring (``confirm.tasks``) left out, so
+    one distillation serves every downstream evaluation of it."""
+    spec = final_spec(cfg, device)
+    spec.pop("tasks")
+    return _digest({**spec, "kind": "final-student"})
+
+
+def final_init_spec_key(cfg: Config, device: str = "cpu") -> str:
+    """The key of the final students' untouched inits, scored as the final students are."""
+    spec = final_spec(cfg, device)
+    spec["proxy"] = {"distill": {"corpus_blocks": spec["proxy"]["distill"]["corpus_blocks"]}}
+    spec.pop("objective")
+    return _digest({**spec, "kind": "final-init"})
+
+
+def confirm_tasks(cfg: Config):
+    """``confirm.tasks`` as a plain tasks section, its source defaulting to the proxy's."""
+    from layersearch.config import TasksConfig
+
+    ct = cfg.confirm.tasks
+    return TasksConfig(source=ct.source or cfg.tasks.source, names=list(ct.names), weights=ct.weights,
+                       finetune=ct.finetune, init_baseline=cfg.confirm.tasks.init_baseline)
 
 
 def local_device() -> str:

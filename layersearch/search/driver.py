@@ -31,6 +31,7 @@ from pathlib import Path
 from layersearch.config import Config
 from layersearch.errors import UserError
 from layersearch.fitness import Evaluation, compare, search_device, spec_key, summarize, unit_key, units_of
+from layersearch.fitness.aggregate import gain_word
 from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
 from layersearch.search.ga import FAILED, GAState, GeneticSearch, update_hall_of_fame
@@ -61,6 +62,7 @@ class SearchResult:
     versus_uniform: object = None  # a fitness.Comparison of the best with uniform, when both were evaluated
     strategy: str = "ga"
     winner_is_uniform: bool = False
+    gain: object = None  # the winner's distillation gain over its init (a stats.Estimate), if measured
 
 
 class SearchDriver:
@@ -91,6 +93,7 @@ class SearchDriver:
         self.children: dict[str, tuple[str, str, int]] = {}
         self.evaluations: dict[str, Evaluation] = {}  # this search's fullest record by mapping key
         self.ran = 0
+        self.gain = None
 
     # --- genomes, rungs, standings ------------------------------------------------
     def _mapping(self, genome) -> Mapping:
@@ -147,13 +150,18 @@ class SearchDriver:
                       rungs=json.dumps([len(self.ladder.units(r)) for r in range(len(self.ladder))]))
         self.tracker.log_params(run_id, params)
         self.tracker.log_text(run_id, self.cfg.to_yaml(), "config.yaml")
+        evidence = self.cfg.proxy.evidence
+        # Whether the ladder found this proxy's ranking to agree with final students.
+        self.tracker.set_tags(run_id, {"proxy_fidelity": "unmeasured" if evidence is None else
+                                       "validated" if evidence.validated else "unvalidated"})
 
     def _load_children(self, parent: str) -> None:
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=50000)
         for r in runs:
             key = r.data.params.get("mapping")
-            if key:
+            # The winner's init baseline is a child too, named by its init layers: not a candidate.
+            if key and r.data.tags.get("layersearch.kind", "evaluation") == "evaluation":
                 rung = int(r.data.tags.get("layersearch.rung", self.ladder.top))
                 self.children[key] = (r.info.run_id, r.info.status, rung)
 
@@ -461,6 +469,9 @@ class SearchDriver:
             self.tracker.set_tags(parent, {"verdict": versus.verdict})
             self.tracker.log_metrics(parent, {"winner_minus_uniform": e.mean, "winner_minus_uniform_ci_low": e.low,
                                               "winner_minus_uniform_ci_high": e.high})
+        gain = self.gain = self._gain(parent, ev)
+        if gain is not None:
+            extra["distillation_gain"] = {"word": gain_word(gain), **gain.to_dict()}
         saved = self._with_proxy_init(mapping)
         with tempfile.TemporaryDirectory() as tmp:
             path = save_mapping(saved, Path(tmp) / "best_mapping.json", self.cfg.teacher.model,
@@ -475,6 +486,38 @@ class SearchDriver:
             metrics.update(best_fitness_ci_low=extra["fitness_ci"][0], best_fitness_ci_high=extra["fitness_ci"][1])
         self.tracker.log_metrics(parent, metrics)
         return ev, versus
+
+    def _gain(self, parent: str, best: Evaluation | None):
+        """The winner's distillation gain over its untouched init (``tasks.init_baseline``): the
+        init's evaluation is cached under the init spec key and logged as a child run; the parent
+        run gets tag ``distillation_gain`` (positive / none / negative) and metrics ``gain*``."""
+        from layersearch.fitness import init_spec_key
+        from layersearch.fitness.baseline import attach_gains, baseline_run
+        from layersearch.init import init_identity, proxy_init_config
+        from layersearch.search.pool import EvaluatorPool
+
+        if not self.cfg.tasks.init_baseline or best is None or not best.ok or not best.units:
+            return None
+        cache = EvaluationCache(self.cfg.search.cache_dir, init_spec_key(self.cfg, search_device(self.cfg)))
+        ident = init_identity(proxy_init_config(self.cfg), best.mapping)
+
+        def run_init(prior):
+            if self.pool is None:
+                self.pool = EvaluatorPool(self.cfg, self.factory, self.pool_resources, self.spec)
+            return self.pool.evaluate_init(best.mapping, prior)
+
+        def say(text: str) -> None:
+            self.on_event("warning", self.progress, {"message": text})
+
+        try:
+            init = baseline_run(cache, ident, self.units, self.cfg.tasks, run_init, self.tracker, parent,
+                                say=lambda text: None)
+            gains = attach_gains(self.cfg.tasks, [("winner", best)], [parent], lambda _: init, self.tracker, say)
+        except Exception as exc:  # the verdict stands without it; say why it is missing
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            say(f"no init baseline for the winner: {first}")
+            return None
+        return gains.get("winner")
 
     def _with_proxy_init(self, mapping: Mapping) -> Mapping:
         """The winner as it was scored: with the init layers its proxy students had, so
@@ -578,4 +621,4 @@ class SearchDriver:
                 self.pool = None
         is_uniform = best is not None and best.mapping == self._uniform()
         return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus, self.ga.strategy,
-                            is_uniform)
+                            is_uniform, self.gain)

@@ -90,6 +90,14 @@ class EvaluatorActor:
             ev.worker = self.where
         return [ev.to_dict() for ev in evs]
 
+    def evaluate_init(self, genes: list[int], num_teacher_layers: int, prior: dict | None = None,
+                      init: list[int] | None = None) -> dict:
+        """The init baseline of one mapping: its proxy student built, not distilled, then scored."""
+        mapping = Mapping(tuple(genes), num_teacher_layers, None if init is None else tuple(init))
+        ev = self.evaluator.evaluate_init(mapping, None if prior is None else Evaluation.from_dict(prior))
+        ev.worker = self.where
+        return ev.to_dict()
+
     def suggest_pack_size(self) -> int:
         suggest = getattr(self.evaluator, "suggest_pack_size", None)
         return int(suggest()) if suggest else 1
@@ -275,6 +283,19 @@ class EvaluatorPool:
                 on_result(ev)
                 results.append(ev)
         return results
+
+    def evaluate_init(self, mapping: Mapping, prior: Evaluation | None = None) -> Evaluation:
+        """``mapping``'s init baseline on one started evaluator (a single job, so no queue)."""
+        import ray
+
+        self.wait_started()
+        if not self.ready:
+            raise EvaluatorStartError("no evaluator is running to score the init baseline")
+        actor = self.ready[0]
+        ref = actor.evaluate_init.remote(list(mapping.genes), mapping.num_teacher_layers,
+                                         None if prior is None else prior.to_dict(),
+                                         None if mapping.init is None else list(mapping.init))
+        return Evaluation.from_dict(ray.get(ref))
 
     def wait_started(self, timeout: float | None = None) -> int:
         """Block until every actor being created has started or failed (or ``timeout`` s pass).

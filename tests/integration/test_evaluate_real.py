@@ -60,12 +60,23 @@ def test_evaluate_cli_two_mappings_logs_runs_and_caches(quickstart_raw, write_co
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "[2, 4, 6]" in first.stdout and "[1, 1, 6]" in first.stdout and "fitness" in first.stdout
+    # The distillation gain over the untouched init (one shared init: proxy.init_layers is fixed).
+    assert first.stdout.count("distillation gain") == 2 and "gain over init" in first.stdout
     second = runner.invoke(app, args)
-    assert second.exit_code == 0 and second.stdout.count("cached") == 2
+    assert second.exit_code == 0 and second.stdout.count("cached") == 3  # the init baseline too
     client = MlflowClient(raw["tracking"]["uri"])
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    every = client.search_runs([exp.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in every)
+    inits = [r for r in every if r.data.tags["layersearch.kind"] == "init-baseline"]
+    assert len(inits) == 2 and {r.data.params["mapping"] for r in inits} == {"6:2-4-6"}
+    assert sorted(r.data.tags["layersearch.cached"] for r in inits) == ["False", "True"]
+    runs = [r for r in every if r.data.tags["layersearch.kind"] == "evaluation"]
+    assert len(runs) == 4
+    for r in runs:
+        m = r.data.metrics
+        assert m["gain_ci_low"] <= m["gain"] <= m["gain_ci_high"]
+        assert r.data.tags["distillation_gain"] in ("positive", "none", "negative")
     by_mapping = {}
     for r in runs:
         by_mapping.setdefault(r.data.params["mapping"], []).append(r.data.metrics["fitness"])
@@ -142,8 +153,12 @@ def test_compare_cli_verdicts_and_mlflow_records(quickstart_raw, write_config):
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("layersearch.kind") == "compare"]
-    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            and r.data.tags["layersearch.kind"] == "evaluation"]
     assert parent.info.status == "FINISHED" and len(kids) == 3
+    assert "gain over init" in out.stdout and out.stdout.count("distillation gain") == 3
+    assert {"distillation_gain/2-4-6", "distillation_gain/4-5-6", "distillation_gain/1-2-3"} <= set(parent.data.tags)
+    assert {"gain/1-2-3", "gain_ci_low/1-2-3", "gain_ci_high/1-2-3"} <= set(parent.data.metrics)
     assert {"verdict/4-5-6", "verdict/1-2-3"} <= set(parent.data.tags)
     assert {"diff/4-5-6", "diff_ci_low/4-5-6", "diff_ci_high/4-5-6", "p_holm/1-2-3"} <= set(parent.data.metrics)
     for kid in kids:

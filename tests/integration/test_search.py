@@ -49,10 +49,12 @@ def search_raw(quickstart_raw, tmp_path, **search):
     return raw
 
 
-def children(raw, run_id):
+def children(raw, run_id, kind: str = "evaluation"):
+    """A search's child runs of one kind: its candidates, or its winner's ``init-baseline``."""
     client = MlflowClient(raw["tracking"]["uri"])
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
-    return client, client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    return client, [r for r in runs if r.data.tags.get("layersearch.kind") == kind]
 
 
 def test_pool_uses_two_actors_and_streams_results(quickstart_raw, tmp_path):
@@ -298,6 +300,13 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
     winner = next(k for k in kids if k.data.params["mapping"] == result.best.mapping.key)
     assert [m.step for m in client.get_metric_history(winner.info.run_id, "fitness")] == [0, 1]
     assert len(kids) == len(records)
+    # The winner's init baseline (the double scores its init as the worst mapping): one child run,
+    # scored on the winner's units, and a clearly positive gain on the parent.
+    _, inits = children(raw, result.run_id, "init-baseline")
+    assert len(inits) == 1 and inits[0].data.params["mapping"] == "6:2-4-6"  # proxy.init_layers: uniform
+    assert inits[0].data.metrics["fitness_seeds"] == 3
+    assert parent.data.tags["distillation_gain"] == "positive"
+    assert parent.data.metrics["gain_ci_low"] > 0 and result.gain.low > 0
 
 
 def test_racing_search_killed_mid_rung_resumes_without_redoing_work(quickstart_raw, tmp_path):

@@ -35,6 +35,8 @@ def test_search_states_its_verdict_and_show_compares_against_uniform(tiny_search
     out = runner.invoke(app, ["search", str(path), "--export", str(exported)])
     assert out.exit_code == 0, out.output
     assert "verdict:" in out.stdout and " ± " in out.stdout
+    assert "the winner's distillation gain" in out.stdout  # against its untouched init, with its interval
+    assert out.stdout.count("final students") >= 2  # the proxy's measured fidelity: at the start, at the end
     # Live progress in a log: one line per finished evaluation with its rung and the ETA.
     progress = [x for x in out.stdout.splitlines() if " | done " in x and "ETA" in x]
     assert any("rung 1/2 (1 seeds)" in x for x in progress) and any("rung 2/2 (2 seeds)" in x for x in progress)
@@ -62,7 +64,8 @@ def test_search_states_its_verdict_and_show_compares_against_uniform(tiny_search
     assert shown.exit_code == 0, shown.output
     verdict_lines = [x for x in shown.stdout.splitlines() if " vs uniform: " in x]
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
-    kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    kids = [k for k in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+            if k.data.tags["layersearch.kind"] == "evaluation"]
     # Only mappings that reached the top rung could have won: those rows are compared (uniform aside).
     at_top = [k for k in kids if k.data.tags.get("layersearch.rung") == "1" and k.data.params["mapping"] != "6:2-4-6"]
     assert len(at_top) < len(kids) - 1  # racing left some at the first rung
