@@ -235,10 +235,14 @@ def report(proxy, truth, budget, mappings) -> dict:
     if tev is not None and all(unit_key(0, f) in tev.units for f in tasks_cfg.finetune.seeds):
         sig = signal(tev, tasks_cfg.names)
         out["teacher"] = sig
+        kept = [t for t in tasks if sig[t][1] > 0]
         for t, (mean, lo, hi) in sig.items():
-            print(f"task {t}: teacher {mean:.3f} [{lo:.3f}, {hi:.3f}] -> "
-                  f"{'signal' if lo > 0 else 'no signal (left out of the ground truth)'}")
-        tasks = [t for t in tasks if sig[t][1] > 0] or tasks
+            why = "signal" if lo > 0 else "no signal" + (" (left out of the ground truth)" if kept else "")
+            print(f"task {t}: teacher {mean:.3f} [{lo:.3f}, {hi:.3f}] -> {why}")
+        if not kept:
+            print("no task carries signal at this budget, even for the teacher: every task is kept, and "
+                  "the ground truth cannot rank the mappings")
+        tasks = kept or tasks
     else:
         print("task signal: the teacher's scores are not cached yet; every ground-truth task is used")
     out["truth_tasks"] = tasks
@@ -311,7 +315,8 @@ def report(proxy, truth, budget, mappings) -> dict:
             glo, ghi = interval(gains[1:])
             gain_text = f"distillation gain {gains[0]:+.4f} [{glo:+.4f}, {ghi:+.4f}]"
             entry.update(gain=float(gains[0]), gain_ci=[glo, ghi], init_fitness=float(base[0]))
-        line = (f"fidelity {name}: tau {t0:+.2f} [{lo:+.2f}, {hi:+.2f}] vs ground truth, "
+        ties = " (every mapping scores the same: no ranking)" if np.ptp(fid[0]) == 0 else ""
+        line = (f"fidelity {name}: tau {t0:+.2f} [{lo:+.2f}, {hi:+.2f}]{ties} vs ground truth, "
                 f"compute ratio {ratio:.1f}, {gain_text}")
         lines.append(line)
         out.setdefault("fidelities", {})[name] = entry

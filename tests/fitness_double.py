@@ -100,7 +100,8 @@ class UnitLandscapeEvaluator:
         self.marker_dir = Path(marker_dir) if marker_dir else None
         self.noise = noise
 
-    def evaluate(self, mapping, prior=None, units=None, progress: bool = False) -> Evaluation:
+    def evaluate(self, mapping, prior=None, units=None, progress: bool = False,
+                 kind: str = "finetune") -> Evaluation:
         import numpy as np
 
         from layersearch.fitness import summarize, unit_key
@@ -125,7 +126,7 @@ class UnitLandscapeEvaluator:
             time.sleep(self.delay)
             if self.marker_dir is not None:
                 self.marker_dir.mkdir(parents=True, exist_ok=True)
-                marker = self.marker_dir / f"finetune-{mapping.key.replace(':', '_')}-{key}"
+                marker = self.marker_dir / f"{kind}-{mapping.key.replace(':', '_')}-{key}"
                 if marker.exists():  # a unit run twice leaves a visible twin
                     marker = marker.with_name(marker.name + f".again-{os.getpid()}-{time.time_ns()}")
                 marker.write_text(str(os.getpid()))
@@ -151,7 +152,7 @@ class UnitLandscapeEvaluator:
         from layersearch.mapping import Mapping
 
         worst = Mapping(tuple([1] * len(mapping.genes)), mapping.num_teacher_layers)
-        ev = self.evaluate(worst, prior, units)
+        ev = self.evaluate(worst, prior, units, kind="init")  # its fine-tunes counted apart
         ident = init_identity(proxy_init_config(self.cfg), mapping)
         ev.genes, ev.spec_key = list(ident.genes), init_spec_key(self.cfg)
         return ev

@@ -274,7 +274,7 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
     driver = SearchDriver(parse_config(raw), fitness_double.unit_factory(str(markers)), num_teacher_layers=6)
     result = driver.run()
     records = _records(raw, driver.spec)
-    fine_tunes = [p.name for p in markers.iterdir()]
+    fine_tunes = [p.name for p in markers.iterdir() if p.name.startswith("finetune-")]
     # Count the fine-tunes: one per unit held, none twice, so a promotion ran only the seeds it lacked.
     assert not [n for n in fine_tunes if ".again-" in n]
     assert len(fine_tunes) == sum(len(ev.units) for ev in records.values())
@@ -305,6 +305,7 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
     _, inits = children(raw, result.run_id, "init-baseline")
     assert len(inits) == 1 and inits[0].data.params["mapping"] == "6:2-4-6"  # proxy.init_layers: uniform
     assert inits[0].data.metrics["fitness_seeds"] == 3
+    assert len([p for p in markers.iterdir() if p.name.startswith("init-")]) == 3  # once, on the top rung
     assert parent.data.tags["distillation_gain"] == "positive"
     assert parent.data.metrics["gain_ci_low"] > 0 and result.gain.low > 0
 
