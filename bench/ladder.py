@@ -327,14 +327,10 @@ def report(proxy, truth, budget, mappings) -> dict:
         print(lbl.ljust(10) + f"{out['ground_truth'][lbl]:14.4f}" + "".join(
             f"{f['fitness'][lbl]:10.4f}" for f in out.get("fidelities", {}).values()))
     print()
-    print(line_of(out))
+    print(out["ground_truth_line"])
     for line in lines:
         print(line)
     return out
-
-
-def line_of(out: dict) -> str:
-    return out["ground_truth_line"]
 
 
 def main() -> None:

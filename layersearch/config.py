@@ -209,23 +209,33 @@ class FidelityEvidence(Strict):
     """What the fidelity ladder (bench/ladder.py) measured for this proxy: how its ranking of
     mappings agrees with final students', and whether distillation beats the copied init."""
 
-    tau: Annotated[float, Field(ge=-1, le=1)]  # Kendall tau against the ground truth
-    tau_ci: tuple[float, float]  # its 95% bootstrap interval
+    # Kendall tau against the ground truth and its 95% bootstrap interval; None until measured.
+    tau: Annotated[float, Field(ge=-1, le=1)] | None = None
+    tau_ci: tuple[float, float] | None = None
     gain: float  # the mappings' mean distillation gain over the untouched init
     gain_ci: tuple[float, float]
     source: str  # where and when it was measured
 
+    @model_validator(mode="after")
+    def _tau_with_interval(self) -> FidelityEvidence:
+        if (self.tau is None) != (self.tau_ci is None):
+            raise ValueError("give tau and tau_ci together (both null while the ground truth is pending)")
+        return self
+
     @property
     def validated(self) -> bool:
         """The ranking agrees with final students (tau interval above 0) and distillation helps."""
-        return self.tau_ci[0] > 0 and self.gain_ci[0] > 0
+        return self.tau_ci is not None and self.tau_ci[0] > 0 and self.gain_ci[0] > 0
 
     def text(self) -> str:
-        verdict = ("its ranking agrees with final students" if self.validated else
-                   "no evidence that its ranking predicts final students"
-                   + ("" if self.gain_ci[0] > 0 else ", and its students score no better than their init"))
-        return (f"this proxy against final students: Kendall tau {self.tau:+.2f} [{self.tau_ci[0]:+.2f}, "
-                f"{self.tau_ci[1]:+.2f}], distillation gain {self.gain:+.4f} [{self.gain_ci[0]:+.4f}, "
+        agrees = self.tau_ci is not None and self.tau_ci[0] > 0
+        verdict = ("its ranking agrees with final students" if agrees else
+                   "no evidence that its ranking predicts final students")
+        if self.gain_ci[0] <= 0:
+            verdict += (", but" if agrees else ", and") + " its students score no better than their untouched init"
+        tau = ("Kendall tau against final students not measured yet" if self.tau is None else
+               f"Kendall tau {self.tau:+.2f} [{self.tau_ci[0]:+.2f}, {self.tau_ci[1]:+.2f}] against final students")
+        return (f"this proxy: {tau}, distillation gain {self.gain:+.4f} [{self.gain_ci[0]:+.4f}, "
                 f"{self.gain_ci[1]:+.4f}] ({self.source}): {verdict}")
 
 

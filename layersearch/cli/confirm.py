@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
-from layersearch.cli.evaluate import MappingsOpt, NoCacheOpt, _note, _say, print_table
+from layersearch.cli.evaluate import MappingsOpt, NoCacheOpt, cache_note, print_table, say
 from layersearch.config import Config
 from layersearch.errors import UserError
 from layersearch.fitness.baseline import attach_gains, baseline_run
@@ -88,7 +88,7 @@ def run_confirm(cfg: Config, specs: list[str], resume: bool = False, use_cache: 
         results, run_ids = [], []
         for spec, mapping in zip(specs, mappings, strict=True):
             hit, partial = cache.lookup(mapping, units, tasks.names, tasks.weights) if use_cache else (None, None)
-            console.print(f"[bold]{spec}[/] {mapping}: {_note(hit, partial)}", highlight=False)
+            console.print(f"[bold]{spec}[/] {mapping}: {cache_note(hit, partial)}", highlight=False)
             ev, distill_runs = hit, []
             if ev is None:
                 ev = new_record(mapping, partial, final_key)
@@ -114,7 +114,8 @@ def run_confirm(cfg: Config, specs: list[str], resume: bool = False, use_cache: 
                 from layersearch.fitness import summarize
 
                 summarize(ev, tasks.names, tasks.weights)
-                ev.timings["total_s"] = sum(ev.timings.get(k, 0.0) for k in ("finetune_s",)) + sum(
+                # One distillation per seed, then its fine-tunes.
+                ev.timings["total_s"] = ev.timings.get("finetune_s", 0.0) + sum(
                     {u["slice_seed"]: u["distill_s"] for u in ev.units.values()}.values())
             with tracker.run(f"final {mapping}", parent_id=run_id,
                              tags={"layersearch.kind": "final-evaluation", "layersearch.label": spec,
@@ -133,10 +134,10 @@ def run_confirm(cfg: Config, specs: list[str], resume: bool = False, use_cache: 
                     seen[ident.key] = baseline_run(
                         init_cache, ident, units, tasks,
                         lambda prior: loaded().evaluate_init(ev.mapping, ident, prior, init_key, progress),
-                        tracker, run_id, use_cache, say=_say)
+                        tracker, run_id, use_cache, say=say)
                 return seen[ident.key]
 
-            gains = attach_gains(tasks, results, run_ids, init_for, tracker, say=_say)
+            gains = attach_gains(tasks, results, run_ids, init_for, tracker, say=say)
         print_table(tasks.names, results, gains, title="final students")
         comparisons = []
         if len(results) > 1:

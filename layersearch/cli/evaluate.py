@@ -60,7 +60,7 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
     results, run_ids = [], []
     for label, mapping in zip(labels, mappings, strict=True):
         hit, partial = cache.lookup(mapping, units, cfg.tasks.names, cfg.tasks.weights) if use_cache else (None, None)
-        console.print(f"[bold]{label}[/] {mapping}: {_note(hit, partial)}", highlight=False)
+        console.print(f"[bold]{label}[/] {mapping}: {cache_note(hit, partial)}", highlight=False)
         with tracker.run(f"eval {mapping}", parent_id=parent_id,
                          tags={"layersearch.kind": "evaluation", "layersearch.label": label}) as run_id:
             if hit is None:
@@ -74,13 +74,13 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
     gains = {}
     if cfg.tasks.init_baseline:
         gains = attach_gains(cfg.tasks, results, run_ids,
-                             _proxy_inits(cfg, loaded, tracker, parent_id, use_cache), tracker, say=_say)
+                             _proxy_inits(cfg, loaded, tracker, parent_id, use_cache), tracker, say=say)
     if show:
         print_table(cfg.tasks.names, results, gains, title="proxy fitness")
     return results, gains
 
 
-def _note(hit, partial) -> str:
+def cache_note(hit, partial) -> str:
     if hit is not None:
         return "cached"
     if partial is not None:
@@ -88,7 +88,7 @@ def _note(hit, partial) -> str:
     return "evaluating ..."
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
@@ -108,7 +108,7 @@ def _proxy_inits(cfg: Config, loaded, tracker, parent_id: str | None, use_cache:
         if ident.key not in seen:
             seen[ident.key] = baseline_run(cache, ident, units_of(cfg), cfg.tasks,
                                            lambda prior: loaded().evaluate_init(ev.mapping, prior, progress=True),
-                                           tracker, parent_id, use_cache, say=_say)
+                                           tracker, parent_id, use_cache, say=say)
         return seen[ident.key]
 
     return init_for

@@ -87,8 +87,10 @@ class Comparison:
                 f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired seeds) -> {self.verdict}")
 
 
-def _paired(ref: Evaluation, other: Evaluation, names: list[str]) -> list[str]:
-    if ref.spec_key != other.spec_key:
+def _paired(ref: Evaluation, other: Evaluation, names: list[str], same_spec: bool = True) -> list[str]:
+    """The units ``ref`` and ``other`` share, in ``ref``'s order, after checking they can be paired.
+    ``same_spec=False`` pairs a student with its init, whose records have a spec key of their own."""
+    if same_spec and ref.spec_key != other.spec_key:
         raise PairingError(f"{other.mapping} and {ref.mapping} were evaluated under different proxy "
                            f"specs ({other.spec_key} vs {ref.spec_key}); evaluate both with one config")
     for ev in (ref, other):
@@ -132,15 +134,7 @@ def distillation_gain(after: Evaluation, init: Evaluation, names: list[str],
     The init was fine-tuned with the same seeds on the same dev examples (its
     units carry the same keys), so shared seed luck cancels as in ``compare``.
     """
-    for ev in (after, init):
-        if not ev.ok or not ev.units:
-            raise PairingError(f"{ev.mapping} has no per-seed results for a distillation gain ({ev.status})")
-    units = [u for u in unit_order(after) if u in init.units]
-    if not units:
-        raise PairingError(f"{after.mapping} and its init share no (slice, fine-tune seed) unit")
-    for t in names:
-        if after.dev_labels.get(t) != init.dev_labels.get(t):
-            raise PairingError(f"{t}: {after.mapping} and its init were scored on different dev examples")
+    units = _paired(after, init, names, same_spec=False)
     labels = {t: unpack_labels(after.dev_labels[t]) for t in names}
     return paired_difference({t: init.predictions(t, units) for t in names},
                              {t: after.predictions(t, units) for t in names}, labels,

@@ -110,12 +110,21 @@ def test_fidelity_evidence_says_whether_the_proxy_is_validated(quickstart_raw):
                                            "gain_ci": [0.01, 0.05], "source": "bench/ladder.py"}
     good = parse_config(quickstart_raw).proxy.evidence
     assert good.validated and "agrees with final students" in fidelity_text(good)
+    assert "Kendall tau +0.60 [+0.20, +0.90]" in fidelity_text(good)
     quickstart_raw["proxy"]["evidence"].update(tau_ci=[-0.2, 0.9])
     assert not parse_config(quickstart_raw).proxy.evidence.validated
     quickstart_raw["proxy"]["evidence"].update(tau_ci=[0.2, 0.9], gain_ci=[-0.01, 0.05])
     weak = parse_config(quickstart_raw).proxy.evidence
-    assert not weak.validated and "no better than their init" in fidelity_text(weak)
+    assert not weak.validated and "agrees with final students, but its students score no better than their " \
+        "untouched init" in fidelity_text(weak)
     assert "not measured" in fidelity_text(None)
+    quickstart_raw["proxy"]["evidence"].update(tau=None, tau_ci=None)
+    pending = parse_config(quickstart_raw).proxy.evidence
+    assert not pending.validated and "not measured yet" in fidelity_text(pending)
+    quickstart_raw["proxy"]["evidence"].update(tau=0.3)
+    with pytest.raises(ConfigError, match="tau and tau_ci together"):
+        parse_config(quickstart_raw)
+    quickstart_raw["proxy"]["evidence"].update(tau=None)
     # What the ladder said changes no unit of evidence.
     base = dict(quickstart_raw, proxy={k: v for k, v in quickstart_raw["proxy"].items() if k != "evidence"})
     assert spec_key(parse_config(base)) == spec_key(parse_config(quickstart_raw))
