@@ -159,7 +159,7 @@ def _task_cell(ev, task: str) -> str:
 
 
 MappingsOpt = Annotated[list[str], typer.Option(
-    "--mapping", "-m", help="uniform | last | lower | upper | file.json | 2,4,6 (repeatable)")]
+    "--mapping", "-m", help="uniform | last | lower | upper | file.json | 2,4,6 | search run id (repeatable)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")]
 
 
