@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from layersearch.config import CorpusConfig
 from layersearch.data.corpus import CorpusError, corpus_files, load_blocks
+from layersearch.digest import file_digest
 
 SLICE_FORMAT = 1
 
@@ -41,11 +42,15 @@ class Slice:
 
 
 def corpus_identity(cfg: CorpusConfig) -> dict:
-    """What names the corpus: hub coordinates, or each file's path, size and mtime."""
+    """What names the corpus: hub coordinates, or each file's name, size and content digest.
+
+    Not its path or mtime: a copy of the same files on another machine or in
+    another folder names the same blocks, slices and cached evaluations.
+    """
     if cfg.hub is not None:
         return {"hub": cfg.hub.model_dump(), "format": cfg.format}
     files = [
-        [str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus_files(cfg)
+        [f.name, f.stat().st_size, file_digest(f, memo_dir=cfg.cache_dir)] for f in corpus_files(cfg)
     ]
     return {"files": files, "format": cfg.format}
 

@@ -11,12 +11,12 @@ evaluation under the same key.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
 
 from layersearch.config import Config
+from layersearch.digest import file_digest
 
 SPEC_VERSION = 3  # bump when evaluation code changes what a spec's fitness means
 
@@ -24,21 +24,6 @@ SPEC_VERSION = 3  # bump when evaluation code changes what a spec's fitness mean
 _MODEL_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
                 "special_tokens_map.json")
 _MODEL_SUFFIXES = (".safetensors", ".bin")
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a file, memoised by (path, size, mtime) within the process."""
-    st = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def teacher_identity(model: str, revision: str | None) -> dict:
@@ -85,8 +70,9 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     from layersearch.precision import resolve_precision
 
     data = cfg.to_dict()
-    # num_proc changes how fast blocks are made, never which (test_blocks checks it).
-    corpus = {k: v for k, v in data["corpus"].items() if k not in ("cache_dir", "num_proc")}
+    # num_proc changes how fast blocks are made, never which (test_blocks checks it); the
+    # files are named by their contents in the identity, wherever their folder lies.
+    corpus = {k: v for k, v in data["corpus"].items() if k not in ("cache_dir", "num_proc", "paths")}
     corpus["identity"] = corpus_identity(cfg.corpus)
     # Which seeds a unit has, and what the ladder said of the proxy, change no unit.
     proxy = {k: v for k, v in data["proxy"].items() if k not in ("slice_seeds", "evidence")}

@@ -95,6 +95,30 @@ def test_key_follows_task_file_contents(quickstart_raw, shared_data, tmp_path):
     assert spec_key(parse_config(raw)) != before
 
 
+def test_key_follows_corpus_contents_not_their_copy_time(quickstart_raw, shared_data, tmp_path):
+    """A re-provisioned corpus (new folder, new mtimes) finds its cached evaluations; an edit
+    of the same size does not (the digest memo is keyed by mtime, so it is read again)."""
+    import json
+    import os
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(shared_data / "corpus" / "wikitext103", corpus, copy_function=shutil.copyfile)
+    raw = copy.deepcopy(quickstart_raw)
+    raw["corpus"]["paths"] = [str(corpus)]
+    raw["corpus"]["cache_dir"] = str(tmp_path / "cache")
+    before = spec_key(parse_config(raw))
+    assert before == spec_key(parse_config(quickstart_raw))
+    memo = json.loads((tmp_path / "cache" / "digests.json").read_text())
+    assert {str(f.resolve()) for f in corpus.iterdir()} <= set(memo)  # each copy read once, remembered
+    victim = corpus / "wiki.valid.tokens"
+    os.utime(victim, ns=(1, 1))  # touched, not changed
+    assert spec_key(parse_config(raw)) == before
+    data = bytearray(victim.read_bytes())
+    data[100] = ord("#") if data[100] != ord("#") else ord("%")
+    victim.write_bytes(bytes(data))  # same size, one byte different
+    assert spec_key(parse_config(raw)) != before
+
+
 def test_key_follows_the_teacher_directory_contents(quickstart_raw, tmp_path):
     from layersearch.models import resolve_teacher
 
