@@ -202,9 +202,18 @@ def fitness_draws(evs: list[Evaluation], units: list[str], tasks: list[str], cou
 
 
 def cost(ev: Evaluation, units: list[str]) -> float:
-    """Seconds to compute these units: one distillation per slice (or seed), their fine-tunes."""
+    """Seconds to compute these units: one distillation per slice (or seed), their fine-tunes.
+
+    Each stage is priced at its median recorded time, not the sum of what was recorded:
+    on a shared 2-core machine one run that waited behind another records many times its
+    own cost (1,600 s for a distillation whose siblings took 530 s), and a ratio of sums
+    would report that wait as compute.
+    """
     distills = {ev.units[u]["slice_seed"]: ev.units[u].get("distill_s", 0.0) for u in units}
-    return sum(distills.values()) + sum(t["seconds"] for u in units for t in ev.units[u]["tasks"].values())
+    tasks = {t for u in units for t in ev.units[u]["tasks"]}
+    finetune = sum(statistics.median(ev.units[u]["tasks"][t]["seconds"] for u in units
+                                     if t in ev.units[u]["tasks"]) * len(units) for t in tasks)
+    return len(distills) * statistics.median(distills.values()) + finetune
 
 
 def interval(draws: np.ndarray) -> tuple[float, float]:
@@ -277,7 +286,7 @@ def report(proxy, truth, budget, mappings) -> dict:
     gt_draws = fitness_draws(gt_evs, gt_units, tasks, gt_counts,
                              rng.integers(0, len(gt_units), (BOOTSTRAP, len(gt_units))))
     spread = float(np.std(gt_draws[0], ddof=1))
-    gt_cost = statistics.fmean(cost(ev, gt_units) for ev in gt_evs)
+    gt_cost = statistics.median(cost(ev, gt_units) for ev in gt_evs)
     out["ground_truth"] = {lbl: float(v) for lbl, v in zip(labels, gt_draws[0], strict=True)}
     out["comparisons"] = [c.to_dict() for c in comps]
     line = (f"ground truth: {distinct} of {len(comps)} mappings distinguishable from uniform "
@@ -305,7 +314,7 @@ def report(proxy, truth, budget, mappings) -> dict:
         taus = np.array([tau(fid[b], gt_draws[b]) for b in range(1, BOOTSTRAP + 1)])
         t0 = tau(fid[0], gt_draws[0])
         lo, hi = interval(taus)
-        ratio = gt_cost / statistics.fmean(cost(ev, units) for ev in evs)
+        ratio = gt_cost / statistics.median(cost(ev, units) for ev in evs)
         gain_text = "distillation gain not measured (no init baseline cached)"
         entry = {"tau": t0, "tau_ci": [lo, hi], "compute_ratio": ratio,
                  "fitness": {lbl: float(v) for lbl, v in zip(labels, fid[0], strict=True)}}
