@@ -16,8 +16,24 @@ on the same mappings, and adds one change to the row above it:
 5. + packed fine-tuning: the pack's students fine-tuned as one vmapped model.
 
 Rows 1-3 time ``--single`` evaluations, rows 4-5 one pack; each prints
-evaluations per hour and its ratio to the row above and to row 1. The last
-line is the best row against row 1: ``whole evaluation speedup: Nx``.
+evaluations per hour and its ratio to the row above and to row 1. Then:
+
+6. the path ``precision: auto`` and ``packed: auto`` (with the config's
+   ``ray.pack_size``) take on this machine; ``whole evaluation speedup: Nx``
+   is that row against row 1, not the best row (bf16 is fastest on few CPUs
+   and ``auto`` does not take it there);
+7. the ``probe`` and ``agreement`` readouts on the same path, one slice each
+   (a deterministic readout has one unit per slice): ``readout probe vs
+   finetune, evaluations/h: Nx``.
+
+Last, evidence per hour. A readout's worth is how soon it narrows a paired
+difference, so from the fidelity ladder's cache (``bench/ladder.py``: every
+mapping distilled on 3 slices, read out by each readout) it takes s, the sd
+of one distillation run's paired difference against uniform (for finetune,
+the run's seeds averaged: seeds within a run share its distillation, so the
+run is the replicate), and t, this bench's seconds per run, and prints
+``readout probe vs finetune, time to equal precision: Nx`` with
+N = (t_finetune s_finetune^2) / (t_probe s_probe^2).
 """
 
 from __future__ import annotations
@@ -29,9 +45,10 @@ from pathlib import Path
 import torch
 
 from layersearch.config import load_config
-from layersearch.finetune import TaskEncodings
 from layersearch.fitness import Evaluator
 from layersearch.mapping import HEURISTICS, heuristic
+from layersearch.readout import FinetuneReadout
+from layersearch.readout.finetune import TaskEncodings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +82,36 @@ def timed(evaluator: Evaluator, mappings: list, pack: bool) -> float:
     if failed:
         raise SystemExit(f"an evaluation failed: {failed[0]}")
     return seconds / len(mappings)
+
+
+def run_sd(cfg, cache_dir: Path) -> tuple[float, int] | None:
+    """Pooled sd of a distillation run's paired difference against uniform, from cached
+    evaluations of ``cfg`` (every mapping there with every unit); None when too few."""
+    import json
+
+    import numpy as np
+
+    from layersearch.fitness import local_device, spec_key, units_of
+    from layersearch.fitness.aggregate import unit_fitness
+    from layersearch.fitness.record import Evaluation, unit_key
+
+    folder = cache_dir / spec_key(cfg, local_device())
+    units = [unit_key(s, f) for s, f in units_of(cfg)]
+    runs = {}
+    for path in folder.glob("*.json"):
+        ev = Evaluation.from_dict(json.loads(path.read_text()))
+        if ev.ok and all(u in ev.units for u in units):
+            fit = unit_fitness(ev.restricted(units), cfg.tasks.scored, cfg.tasks.scored_weights)
+            runs[tuple(ev.genes)] = np.array([np.mean([fit[unit_key(s, f)] for f in cfg.tasks.unit_seeds])
+                                              for s in cfg.proxy.slice_seeds])
+    ref = runs.pop((2, 4, 6), None)
+    if ref is None or len(runs) < 2 or len(ref) < 2:
+        return None
+    diffs = [r - ref for r in runs.values()]
+    # Each mapping's own mean difference is its effect; the spread around it is the noise.
+    pooled = np.concatenate([d - d.mean() for d in diffs])
+    dof = sum(len(d) - 1 for d in diffs)
+    return float(np.sqrt((pooled**2).sum() / dof)), len(diffs)
 
 
 def main() -> None:
@@ -104,6 +151,8 @@ def main() -> None:
         evaluator.cfg = with_settings(cfg, precision, packed_ft)
         evaluator.encoded = cached if encodings is TaskEncodings else Uncached(
             evaluator.tokenizer, evaluator.datasets, cfg.tasks.finetune)
+        evaluator.readout = FinetuneReadout(evaluator.cfg.tasks, evaluator.tokenizer, evaluator.encoded,
+                                            evaluator.device)
         seconds = timed(evaluator, mappings if pack else mappings[: args.single], pack)
         rate = 3600 / seconds
         base, prev = base or rate, prev or rate
@@ -111,7 +160,51 @@ def main() -> None:
               f"{rate / prev:5.2f}x prev  {rate / base:5.2f}x baseline", flush=True)
         prev = rate
         rates.append(rate)
-    print(f"whole evaluation speedup: {max(rates) / base:.2f}x")
+    # 6. What auto does here.
+    from layersearch.precision import resolve_precision
+
+    auto_precision = resolve_precision("auto", torch.device(evaluator.device).type)
+    evaluator.cfg = with_settings(cfg, "auto", cfg.tasks.finetune.packed)
+    evaluator.encoded = cached
+    evaluator.readout = FinetuneReadout(evaluator.cfg.tasks, evaluator.tokenizer, cached, evaluator.device)
+    k = evaluator.suggest_pack_size() if cfg.ray.pack_size == "auto" else cfg.ray.pack_size
+    label = (f"the path auto takes here ({auto_precision}, pack {k}"
+             f"{', packed fine-tuning' if evaluator.packed_finetune else ''})")
+    seconds = timed(evaluator, mappings[:k] if k > 1 else mappings[: args.single], k > 1)
+    auto_rate = 3600 / seconds
+    t_run = {"finetune": seconds}
+    print(f"{label:58s} {auto_rate:7.1f} evaluations/h  ({seconds:5.1f} s each)  "
+          f"{auto_rate / base:5.2f}x baseline", flush=True)
+    # 7. The deterministic readouts, on the same path: one slice, one unit.
+    readout_rate = {}
+    for readout in ("probe", "agreement"):
+        rcfg = load_config(args.config, ["proxy.slice_seeds=[0]", f"tasks.readout={readout}"])
+        other = Evaluator(rcfg, device=evaluator.device)
+        seconds = timed(other, mappings[: args.single], False)
+        readout_rate[readout] = 3600 / seconds
+        t_run[readout] = seconds
+        print(f"{'readout ' + readout + ' (one slice)':58s} {3600 / seconds:7.1f} evaluations/h  "
+              f"({seconds:5.1f} s each)  {3600 / seconds / auto_rate:5.2f}x finetune", flush=True)
+    print(f"whole evaluation speedup: {auto_rate / base:.2f}x (the auto path; the best row "
+          f"{max(rates) / base:.2f}x)")
+    print(f"readout probe vs finetune, evaluations/h: {readout_rate['probe'] / auto_rate:.2f}x")
+    # Evidence per hour, from the fidelity ladder's 3-slice evaluations.
+    ladder = ROOT / "bench" / "results" / "ladder" / "evaluations"
+    sd = {}
+    for readout, extra in (("finetune", []), ("probe", ["tasks.readout=probe"]),
+                           ("agreement", ["tasks.readout=agreement"])):
+        rcfg = load_config(args.config, ["proxy.slice_seeds=[0,1,2]", *extra])
+        found = run_sd(rcfg, ladder)
+        if found is None:
+            print(f"{readout}: the ladder's 3-slice evaluations are not cached; run bench/ladder.py")
+            continue
+        sd[readout] = found[0]
+        print(f"{readout}: sd of a run's paired difference {found[0]:.4f} ({found[1]} mappings x 3 slices), "
+              f"{t_run[readout]:.1f} s per run")
+    for readout in ("probe", "agreement"):
+        if "finetune" in sd and readout in sd and sd[readout] > 0:
+            n = (t_run["finetune"] * sd["finetune"] ** 2) / (t_run[readout] * sd[readout] ** 2)
+            print(f"readout {readout} vs finetune, time to equal precision: {n:.1f}x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     .venv/bin/python bench/fidelity.py                       # from the repository root
     .venv/bin/python bench/fidelity.py --seeds 5 --slices 2 --set tasks.finetune.epochs=2
     .venv/bin/python bench/fidelity.py --precision-check --seeds 3 --slices 1   # fp32 vs bf16 ranking
+    .venv/bin/python bench/fidelity.py --precision-check --slices 1 --set tasks.readout=probe  # unit by unit
 
 Evaluates at least 8 mappings (uniform, last, lower, upper and seeded random
 ones) of the config's search space at a high fidelity (``--seeds`` fine-tune
@@ -76,7 +77,7 @@ def evaluate(cfg, mappings, workers: int) -> list[tuple[str, object]]:
     units = units_of(cfg)
     found, todo, priors = {}, [], {}
     for label, m in mappings:
-        hit, partial = cache.lookup(m, units, cfg.tasks.names, cfg.tasks.weights)
+        hit, partial = cache.lookup(m, units, cfg.tasks.scored, cfg.tasks.scored_weights)
         if hit is not None:
             found[m.key] = hit
             print(f"  {label:10s} {str(m):12s} {interval_text(hit):32s} (cached)", flush=True)
@@ -91,7 +92,7 @@ def evaluate(cfg, mappings, workers: int) -> list[tuple[str, object]]:
         if not ev.ok:
             raise SystemExit(f"{labels[ev.mapping.key]} {ev.mapping} failed: {ev.status}")
         cache.put(ev)
-        found[ev.mapping.key] = summarize(ev, cfg.tasks.names, cfg.tasks.weights)
+        found[ev.mapping.key] = summarize(ev, cfg.tasks.scored, cfg.tasks.scored_weights)
         print(f"  {labels[ev.mapping.key]:10s} {str(ev.mapping):12s} {interval_text(ev):32s} "
               f"({time.perf_counter() - began:.0f} s since start)", flush=True)
 
@@ -159,8 +160,23 @@ def precision_check(args, overrides: list[str]) -> None:
     print(f"compute fp32 / bf16: {seconds['fp32'] / seconds['bf16']:.2f}x")
     # What a tau means at this fidelity: rankings by single units, bf16 against fp32 on the
     # same unit, and fp32 against fp32 on another fine-tune seed (the noise ceiling).
-    names, weights = load_config(args.config).tasks.names, load_config(args.config).tasks.weights
+    tasks = load_config(args.config, overrides).tasks
+    names, weights = tasks.scored, tasks.scored_weights
     per = {k: [unit_fitness(ev, names, weights) for _, ev in v] for k, v in runs.items()}
+    if tasks.readout != "finetune":
+        # A deterministic readout: the same student in both precisions should read the same, unit by
+        # unit; what differs is what bf16 changed in the student itself.
+        agree, gaps = [], []
+        for i, ((_, a), (_, b)) in enumerate(zip(runs["fp32"], runs["bf16"], strict=True)):
+            for u in a.units:
+                gaps.append(abs(per["bf16"][i][u] - per["fp32"][i][u]))
+                for t in names:
+                    pa, pb = a.predictions(t, [u])[0], b.predictions(t, [u])[0]
+                    agree.append(float(np.mean(np.isclose(pa, pb))) if pa.dtype.kind == "f"
+                                 else float(np.mean(pa == pb)))
+        print(f"unit by unit ({tasks.readout} readout): {100 * statistics.fmean(agree):.1f}% of dev predictions "
+              f"identical in bf16 and fp32; |bf16 - fp32| per unit mean {statistics.fmean(gaps):.4f}, "
+              f"max {max(gaps):.4f}")
     units = sorted(per["fp32"][0])
     same = [kendalltau([u[x] for u in per["fp32"]], [u[x] for u in per["bf16"]]).statistic for x in units]
     other = [kendalltau([u[x] for u in per["fp32"]], [u[y] for u in per["fp32"]]).statistic
@@ -188,7 +204,7 @@ def main() -> None:
         precision_check(args, overrides)
         return
     cfg = load_config(args.config, overrides)
-    names, weights = cfg.tasks.names, cfg.tasks.weights
+    names, weights = cfg.tasks.scored, cfg.tasks.scored_weights
     n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
     began = time.perf_counter()
     print(f"fidelity of proxy fitness: {args.mappings} mappings x {args.slices} slices x {args.seeds} "

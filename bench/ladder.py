@@ -45,7 +45,7 @@ from layersearch.fitness import local_device, spec_key, units_of
 from layersearch.fitness.aggregate import task_scores, unit_order
 from layersearch.fitness.record import Evaluation, unit_key, unpack_labels
 from layersearch.fitness.spec import confirm_tasks, init_spec_key
-from layersearch.fitness.stats import fitness_estimate, matthews
+from layersearch.fitness.stats import fitness_estimate, task_score
 from layersearch.init import init_identity, proxy_init_config
 from layersearch.mapping import HEURISTICS, Mapping, heuristic
 from layersearch.search.cache import EvaluationCache
@@ -60,13 +60,22 @@ BUDGETS = {
              "proxy": [],
              "truth": ["distill.train.max_steps=800", "distill.corpus_blocks=12800",
                        "distill.train.checkpoint_every=100", "confirm.tasks.finetune.train_examples=3200"],
-             "truth_tasks": ["sst2", "cola"]},
+             "truth_tasks": ["sst2", "cola"],
+             # The deterministic readouts at the anchor budget: a unit is a slice, so 3 slices.
+             "readouts": {"probe": ["tasks.readout=probe", "proxy.slice_seeds=[0,1,2]"],
+                          "agreement": ["tasks.readout=agreement", "proxy.slice_seeds=[0,1,2]"],
+                          # Fine-tuning on the same 3 slices: its noise with the distillation spread in it.
+                          "finetune": ["proxy.slice_seeds=[0,1,2]"]}},
     "quick": {"proxy_steps": [1, 2, 3], "anchor_steps": 3, "randoms": 0, "results": "bench/results/ladder-quick",
               "proxy": ["tasks.finetune.train_examples=32", "tasks.finetune.dev_examples=64",
                         "proxy.slice_blocks=64"],
               "truth": ["distill.train.max_steps=60", "distill.corpus_blocks=960",
                         "confirm.tasks.finetune.train_examples=128", "confirm.tasks.finetune.dev_examples=64"],
-              "truth_tasks": ["sst2", "mrpc"]},
+              "truth_tasks": ["sst2", "mrpc"],
+              "readouts": {"probe": ["tasks.readout=probe", "proxy.slice_seeds=[0,1]", "tasks.probe.train_examples=64"],
+                           "agreement": ["tasks.readout=agreement", "proxy.slice_seeds=[0,1]",
+                                         "tasks.agreement.heldout_blocks=32"],
+                           "finetune": ["proxy.slice_seeds=[0,1]"]}},
 }
 SPREAD = ("uniform", "upper")  # the mappings distilled with a second seed
 
@@ -76,8 +85,9 @@ def configs(budget: dict, extra: list[str]):
     results = budget["results"]
     common = [f"search.cache_dir={results}/evaluations", f"tracking.uri=sqlite:///{results}/mlflow.db"]
 
-    def proxy(steps: int):
-        return load_config(CONFIG, [*common, *budget["proxy"], f"proxy.train.max_steps={steps}", *extra])
+    def proxy(steps: int, readout: str | None = None):
+        chosen = budget["readouts"][readout] if readout else []
+        return load_config(CONFIG, [*common, *budget["proxy"], f"proxy.train.max_steps={steps}", *chosen, *extra])
 
     base = proxy(budget["anchor_steps"])
     ft = base.tasks.finetune
@@ -111,6 +121,10 @@ def proxy_stage(proxy, budget, mappings) -> None:
     for steps in budget["proxy_steps"]:
         print(f"== proxy at {steps} steps", flush=True)
         evaluate_all(proxy(steps), [m for _, m in mappings], [lbl for lbl, _ in mappings], show=False)
+    for readout in budget["readouts"]:
+        print(f"== the {readout} readout at {budget['anchor_steps']} steps", flush=True)
+        evaluate_all(proxy(budget["anchor_steps"], readout), [m for _, m in mappings], [lbl for lbl, _ in mappings],
+                     show=False)
 
 
 def truth_stage(truth, mappings, labels: list[str], seeds: int) -> None:
@@ -167,10 +181,10 @@ def unit_matrix(ev: Evaluation, units: list[str], tasks: list[str], counts: dict
     total = None
     for t in tasks:
         y = unpack_labels(ev.dev_labels[t])
-        k = int(max(y.max(), max(ev.predictions(t, units).max(), 0))) + 1
+        k = int(max(y.max(), max(ev.predictions(t, units).max(), 0))) + 1  # unused for real values
         rows = []
         for row in ev.predictions(t, units):
-            rows.append(np.concatenate([[matthews(row, y, k)], matthews(row, y, k, counts[t])]))
+            rows.append(np.concatenate([[task_score(row, y, k)], task_score(row, y, k, counts[t])]))
         m = np.stack(rows, axis=1) / len(tasks)
         total = m if total is None else total + m
     return total
@@ -294,12 +308,16 @@ def report(proxy, truth, budget, mappings) -> dict:
     print(line)
     out["ground_truth_line"] = line
     # Each fidelity, on the same mappings.
-    proxy_tasks = proxy(budget["anchor_steps"]).tasks.names
-    fidelities = [(f"proxy-{s}-steps-3-seeds", s, None) for s in budget["proxy_steps"]]
-    fidelities.append((f"proxy-{budget['anchor_steps']}-steps-1-seed", budget["anchor_steps"], 1))
+    anchor = budget["anchor_steps"]
+    fidelities = [(f"proxy-{s}-steps-3-seeds", s, None, None) for s in budget["proxy_steps"]]
+    fidelities.append((f"proxy-{anchor}-steps-1-seed", anchor, 1, None))
+    for readout in budget["readouts"]:
+        fidelities.append((f"{readout}-{anchor}-steps-{len(proxy(anchor, readout).proxy.slice_seeds)}-slices",
+                           anchor, None, readout))
     lines = []
-    for name, steps, nseeds in fidelities:
-        cfg = proxy(steps)
+    for name, steps, nseeds, readout in fidelities:
+        cfg = proxy(steps, readout)
+        proxy_tasks = cfg.tasks.scored
         cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device()))
         units = [unit_key(s, f) for s, f in units_of(cfg)][:nseeds]
         evs = [cache.get(dict(mappings)[lbl]) for lbl in labels]
@@ -330,7 +348,8 @@ def report(proxy, truth, budget, mappings) -> dict:
         lines.append(line)
         out.setdefault("fidelities", {})[name] = entry
     print("\n" + "mapping".ljust(10) + "ground truth".rjust(14) + "".join(
-        n.replace("proxy-", "").replace("-steps-", "/").replace("-seeds", "s").replace("-seed", "s").rjust(10)
+        n.replace("proxy-", "").replace("-steps-", "/").replace("-seeds", "s").replace("-seed", "s")
+        .replace("-slices", "sl").replace("agreement-", "agr ").replace("probe-", "prb ").rjust(10)
         for n in out.get("fidelities", {})))
     for lbl in sorted(labels, key=lambda x: -out["ground_truth"][x]):
         print(lbl.ljust(10) + f"{out['ground_truth'][lbl]:14.4f}" + "".join(

@@ -32,9 +32,9 @@ import torch
 
 from layersearch.config import parse_config
 from layersearch.distill import micro_batch, total_steps, train, training_device
+from layersearch.distill.packed import train_packed
 from layersearch.features import extract
 from layersearch.mapping import Mapping
-from layersearch.packed import train_packed
 from layersearch.student import make_student
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def run_shape(args, width: int, ks: list[int]) -> dict[int, float]:
     finetune_each = 0.0
     if not args.gpu and not args.no_finetune:
         from layersearch.data.tasks import load_task
-        from layersearch.finetune import finetune_all
+        from layersearch.readout.finetune import finetune_all
 
         datasets = {t: load_task(t, cfg.tasks.source) for t in cfg.tasks.names}
         t0 = time.perf_counter()

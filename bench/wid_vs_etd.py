@@ -25,9 +25,9 @@ from layersearch.config import apply_overrides, load_config, parse_config
 from layersearch.data.slices import get_slice
 from layersearch.data.tasks import load_task
 from layersearch.distill import train
-from layersearch.finetune import finetune_task
 from layersearch.mapping import heuristic
 from layersearch.models import load_teacher, load_tokenizer
+from layersearch.readout.finetune import finetune_task
 from layersearch.student import finish_student, make_student
 
 SHAPE = {"num_layers": 3, "hidden_size": 192, "num_attention_heads": 6, "intermediate_size": 768}

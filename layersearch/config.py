@@ -295,15 +295,58 @@ class FinetuneConfig(Strict):
         return _seed_list(seeds)
 
 
+class ProbeConfig(Strict):
+    """The ``probe`` readout: a linear probe on the frozen student's features, no fine-tuning."""
+
+    # "last": the last layer's mean pool; "all": every layer's mean pool (embeddings too), concatenated.
+    features: Literal["last", "all"] = "last"
+    # L2 strength of the logistic regression, as sklearn's C (inverse strength); "cv" chooses
+    # it by stratified 3-fold cross-validation on the train split alone, never on dev.
+    c: Literal["cv"] | PosFloat = "cv"
+    train_examples: PosInt | None = 2000  # examples of each task's train split the probe is fit on
+
+
+class AgreementConfig(Strict):
+    """The ``agreement`` readout: no labels; how well the student's last layer predicts the
+    teacher's, token by token, on held-out corpus blocks that no proxy slice may hold."""
+
+    heldout_blocks: Annotated[int, Field(ge=8)] = 128  # the corpus's last blocks; half fit the map, half test it
+    ridge: PosFloat = 1e-2  # ridge strength, relative to the mean eigenvalue of the features' Gram matrix
+
+
+READOUTS = ("finetune", "probe", "agreement")
+
+
 class TasksConfig(Strict):
     # A local GLUE-layout folder (<source>/<task>/{train,dev}.tsv) or "hub".
     source: str = "hub"
     names: list[str] = ["sst2", "mrpc", "rte"]
     weights: list[Annotated[float, Field(ge=0)]] | None = None
     finetune: FinetuneConfig = FinetuneConfig()
+    # How a distilled student becomes a score (layersearch/readout): fine-tune it per seed
+    # (noisy), a linear probe on its frozen features (deterministic), or its agreement with
+    # the teacher on held-out text (no labels). Probe and agreement have one unit per slice.
+    readout: Literal[READOUTS] = "finetune"  # type: ignore[valid-type]
+    probe: ProbeConfig = ProbeConfig()
+    agreement: AgreementConfig = AgreementConfig()
     # Also score the untouched init the same way (one cached evaluation where the
     # init is fixed) and report each evaluation's distillation gain over it.
     init_baseline: bool = True
+
+    @property
+    def scored(self) -> list[str]:
+        """What a unit holds a score for: the tasks, or the one task-free agreement score."""
+        return ["agreement"] if self.readout == "agreement" else list(self.names)
+
+    @property
+    def scored_weights(self) -> list[float] | None:
+        return None if self.readout == "agreement" else self.weights
+
+    @property
+    def unit_seeds(self) -> list[int]:
+        """Fine-tune seeds per slice: every one for finetune; the first alone for a deterministic
+        readout (more would repeat the same number and shrink no interval honestly)."""
+        return list(self.finetune.seeds) if self.readout == "finetune" else self.finetune.seeds[:1]
 
     @model_validator(mode="after")
     def _known_tasks(self) -> TasksConfig:

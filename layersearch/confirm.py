@@ -94,8 +94,8 @@ class FinalReadout:
 
     def __init__(self, cfg: Config, device: str | None = None):
         from layersearch.data.tasks import load_task
-        from layersearch.finetune import TaskEncodings
         from layersearch.models import load_tokenizer
+        from layersearch.readout.finetune import TaskEncodings
 
         self.cfg = cfg
         self.tasks = confirm_tasks(cfg)
@@ -108,7 +108,7 @@ class FinalReadout:
     def score(self, ev: Evaluation, encoder, seed: int, finetune_seeds: list[int], progress: bool,
               distill_s: float = 0.0) -> None:
         """Fine-tune ``encoder`` with each seed on every task; one unit (seed, fine-tune seed) each."""
-        from layersearch.finetune import finetune_all
+        from layersearch.readout.finetune import finetune_all
 
         t0 = time.perf_counter()
         results = finetune_all(encoder.to(self.device), self.tokenizer, self.tasks, self.datasets, self.device,

@@ -27,7 +27,7 @@ def metric_name(genes) -> str:
 
 
 def report(tracker, run_id: str, comparisons: list, reference, others: list, gains: dict | None = None,
-           what: str = "") -> None:
+           what: str = "", readout: str = "finetune") -> None:
     """Print the verdict table and record it on ``run_id`` (tags, metrics, comparisons.json);
     ``gains`` (label -> distillation gain) become ``distillation_gain/<genes>`` tags."""
     from layersearch.fitness.aggregate import gain_word
@@ -56,8 +56,13 @@ def report(tracker, run_id: str, comparisons: list, reference, others: list, gai
     for c in comparisons:
         console.print(c.text(), highlight=False, soft_wrap=True)
     if any(not c.estimate.seed_noise_measured for c in comparisons):
-        console.print("[yellow]one fine-tune seed per mapping: seed noise is not measured, so nothing is "
-                      "called better or worse; add seeds, e.g. --set 'tasks.finetune.seeds=[0,1,2]'[/]")
+        if readout == "finetune":
+            console.print("[yellow]one fine-tune seed per mapping: seed noise is not measured, so nothing is "
+                          "called better or worse; add seeds, e.g. --set 'tasks.finetune.seeds=[0,1,2]'[/]")
+        else:  # a deterministic readout has one unit per distillation run
+            console.print(f"[yellow]one proxy slice per mapping: with the {readout} readout a unit is "
+                          "one distillation run, and the spread between runs is not measured, so nothing is "
+                          "called better or worse; add slices, e.g. --set 'proxy.slice_seeds=[0,1,2]'[/]")
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, tags)
     tracker.log_dict(run_id, [c.to_dict() for c in comparisons], "comparisons.json")
@@ -85,6 +90,6 @@ def compare(config: ConfigArg, mapping: MappingsOpt, no_cache: NoCacheOpt = Fals
                                     "proxy.slice_seeds": cfg.proxy.slice_seeds})
         results, gains = evaluate_all(cfg, mappings, list(mapping), use_cache=not no_cache, parent_id=run_id,
                                       tracker=tracker)
-        comparisons = paired(results[0], results[1:], cfg.tasks.names, cfg.tasks.weights)
-        report(tracker, run_id, comparisons, results[0][1], results[1:], gains)
+        comparisons = paired(results[0], results[1:], cfg.tasks.scored, cfg.tasks.scored_weights)
+        report(tracker, run_id, comparisons, results[0][1], results[1:], gains, readout=cfg.tasks.readout)
     console.print(f"comparison run {run_id}")

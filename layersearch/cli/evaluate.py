@@ -59,7 +59,8 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
 
     results, run_ids = [], []
     for label, mapping in zip(labels, mappings, strict=True):
-        hit, partial = cache.lookup(mapping, units, cfg.tasks.names, cfg.tasks.weights) if use_cache else (None, None)
+        hit, partial = (cache.lookup(mapping, units, cfg.tasks.scored, cfg.tasks.scored_weights) if use_cache
+                        else (None, None))
         console.print(f"[bold]{label}[/] {mapping}: {cache_note(hit, partial)}", highlight=False)
         with tracker.run(f"eval {mapping}", parent_id=parent_id,
                          tags={"layersearch.kind": "evaluation", "layersearch.label": label}) as run_id:
@@ -76,7 +77,7 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
         gains = attach_gains(cfg.tasks, results, run_ids,
                              _proxy_inits(cfg, loaded, tracker, parent_id, use_cache), tracker, say=say)
     if show:
-        print_table(cfg.tasks.names, results, gains, title="proxy fitness")
+        print_table(cfg.tasks.scored, results, gains, title="proxy fitness")
     return results, gains
 
 
@@ -119,8 +120,9 @@ def print_table(names: list[str], results, gains: dict | None = None, title: str
     from layersearch.fitness.aggregate import gain_text
 
     gains = gains or {}
-    table = Table(title=f"{title} ({', '.join(names)}; Matthews correlation, "
-                        "0 = a constant predictor; ± = 95% interval)")
+    scale = ("held-out R^2 of a ridge map from the student's last layer to the teacher's" if names == ["agreement"]
+             else "Matthews correlation, 0 = a constant predictor")
+    table = Table(title=f"{title} ({', '.join(names)}; {scale}; ± = 95% interval)")
     table.add_column("mapping")
     table.add_column("genes")
     for name in names:

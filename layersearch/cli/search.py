@@ -341,6 +341,8 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
                         "they were logged by an older version")
     names = json.loads(params.get("tasks.names", "[]")) or sorted(ref.dev_labels)
     weights = json.loads(params["tasks.weights"]) if params.get("tasks.weights", "null") != "null" else None
+    if params.get("tasks.readout") == "agreement":  # one task-free score, whatever tasks the config names
+        names, weights = ["agreement"], None
     comparisons = compare((against, ref), [(label, ev) for label, ev, _ in family], names, weights)
     picked = [(c, (label, ev)) for c, (label, ev, on) in zip(comparisons, family, strict=True) if on]
     with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,

@@ -68,7 +68,7 @@ def tokenizer_identity(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def slice_key(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> str:
+def slice_key(cfg: CorpusConfig, tokenizer, size: int | None, seed: int, reserve: int = 0) -> str:
     ident = {
         "corpus": corpus_identity(cfg),
         "tokenizer": tokenizer_identity(tokenizer),
@@ -77,19 +77,38 @@ def slice_key(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> str:
         "seed": seed,
         "format": SLICE_FORMAT,
     }
+    if reserve:  # only then, so the slices cached before held-out blocks existed keep their keys
+        ident["reserve"] = reserve
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def slice_rows(n: int, size: int, seed: int, seq_length: int) -> np.ndarray:
+def slice_rows(n: int, size: int, seed: int, seq_length: int, reserve: int = 0) -> np.ndarray:
     """The sorted rows of a seeded slice of ``size`` blocks out of ``n``: one draw for
-    ``get_slice`` and ``blocks.open_blocks``, so both name the same blocks."""
-    if size > n:
+    ``get_slice`` and ``blocks.open_blocks``, so both name the same blocks. The last
+    ``reserve`` blocks are held out (``heldout_rows``): no slice of any seed holds them."""
+    if size + reserve > n:
+        held = f" after the {reserve} held-out blocks" if reserve else ""
         raise CorpusError(
-            f"slice of {size} blocks requested but the corpus has only {n} blocks of "
-            f"{seq_length} tokens; lower the slice size or add text"
+            f"slice of {size} blocks requested but the corpus has only {n - reserve} blocks of "
+            f"{seq_length} tokens{held}; lower the slice size or add text"
         )
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n - reserve, size=size, replace=False))
+
+
+def heldout_rows(n: int, reserve: int, seq_length: int) -> np.ndarray:
+    """The corpus's last ``reserve`` blocks: text the agreement readout tests on."""
+    if reserve >= n:
+        raise CorpusError(f"{reserve} held-out blocks requested but the corpus has only {n} blocks of "
+                          f"{seq_length} tokens; lower tasks.agreement.heldout_blocks or add text")
+    return np.arange(n - reserve, n)
+
+
+def get_heldout(cfg: CorpusConfig, tokenizer, reserve: int) -> torch.Tensor:
+    """[reserve, seq_length] token ids of the held-out blocks."""
+    blocks = load_blocks(cfg, tokenizer)
+    rows = heldout_rows(len(blocks), reserve, cfg.seq_length)
+    return torch.tensor(blocks.select(rows)["input_ids"], dtype=torch.long)
 
 
 def _read(path: Path, key: str) -> Slice:
@@ -98,16 +117,17 @@ def _read(path: Path, key: str) -> Slice:
     return Slice(key, path, ids, meta["corpus_blocks"], cached=True)
 
 
-def get_slice(cfg: CorpusConfig, tokenizer, size: int | None, seed: int) -> Slice:
-    """The slice of ``size`` blocks for ``seed`` (``size=None``: the whole corpus, in order)."""
-    key = slice_key(cfg, tokenizer, size, seed)
+def get_slice(cfg: CorpusConfig, tokenizer, size: int | None, seed: int, reserve: int = 0) -> Slice:
+    """The slice of ``size`` blocks for ``seed`` (``size=None``: the whole corpus, in order),
+    never one of the last ``reserve`` blocks."""
+    key = slice_key(cfg, tokenizer, size, seed, reserve)
     root = Path(cfg.cache_dir).expanduser()
     path = root / key
     if (path / "slice.json").is_file():
         return _read(path, key)
     blocks = load_blocks(cfg, tokenizer)
     n = len(blocks)
-    index = np.arange(n) if size is None else slice_rows(n, size, seed, cfg.seq_length)
+    index = np.arange(n - reserve) if size is None else slice_rows(n, size, seed, cfg.seq_length, reserve)
     ids = torch.tensor(blocks.select(index)["input_ids"], dtype=torch.int32)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))

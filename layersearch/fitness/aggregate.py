@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from layersearch.errors import UserError
 from layersearch.fitness.record import Evaluation, unpack_labels
-from layersearch.fitness.stats import Estimate, fitness_estimate, holm, matthews, paired_difference, verdict
+from layersearch.fitness.stats import Estimate, fitness_estimate, holm, paired_difference, task_score, verdict
 
 
 class PairingError(UserError):
@@ -162,7 +162,7 @@ def task_scores(ev: Evaluation, names: list[str]) -> dict[str, list[float]]:
     """Each task's chance-corrected score per unit, units in ``unit_order``."""
     units = unit_order(ev)
     labels = {t: unpack_labels(ev.dev_labels[t]) for t in names}
-    return {t: [matthews(row, labels[t]) for row in ev.predictions(t, units)] for t in names}
+    return {t: [task_score(row, labels[t]) for row in ev.predictions(t, units)] for t in names}
 
 
 def unit_fitness(ev: Evaluation, names: list[str], weights: list[float] | None = None,

@@ -24,7 +24,7 @@ def baseline_run(cache, ident: Mapping, units: list, tasks, run_init: Callable, 
     ``run_init(prior)`` (and cached), and logged as one MLflow run (kind ``init-baseline``)."""
     from layersearch.tracking import log_evaluation
 
-    hit, partial = cache.lookup(ident, units, tasks.names, tasks.weights) if use_cache else (None, None)
+    hit, partial = cache.lookup(ident, units, tasks.scored, tasks.scored_weights) if use_cache else (None, None)
     state = "cached" if hit is not None else "evaluating ..."
     say(f"init baseline {ident} (the untouched student): {state}")
     with tracker.run(f"init {ident}", parent_id=parent_id,
@@ -49,7 +49,7 @@ def attach_gains(tasks, results: list, run_ids: list[str], init_for: Callable, t
         if not init.ok:
             say(f"init baseline {init.mapping}: {init.status}")
             continue
-        g = gains[label] = distillation_gain(ev, init, tasks.names, tasks.weights)
+        g = gains[label] = distillation_gain(ev, init, tasks.scored, tasks.scored_weights)
         tracker.log_metrics(run_id, {"gain": g.mean, "gain_ci_low": g.low, "gain_ci_high": g.high})
         tracker.set_tags(run_id, {"distillation_gain": gain_word(g)})
     return gains

@@ -20,15 +20,17 @@ import socket
 import time
 import traceback
 
+import numpy as np
 import torch
 
 from layersearch.config import Config
-from layersearch.finetune import TaskEncodings
+from layersearch.distill.packed import split_on_oom
 from layersearch.fitness.aggregate import summarize
 from layersearch.fitness.record import Evaluation, pack_labels, unit_key
 from layersearch.fitness.spec import init_spec_key, spec_key, units_of
 from layersearch.mapping import Mapping
-from layersearch.packed import split_on_oom
+from layersearch.readout import make_readout
+from layersearch.readout.finetune import TaskEncodings
 
 
 def record_unit(ev: Evaluation, slice_seed: int, distill_s: float, r, curves: bool = True) -> None:
@@ -36,8 +38,10 @@ def record_unit(ev: Evaluation, slice_seed: int, distill_s: float, r, curves: bo
     unit = ev.units.setdefault(unit_key(slice_seed, r.seed),
                                {"slice_seed": slice_seed, "finetune_seed": r.seed,
                                 "distill_s": distill_s, "tasks": {}})
-    unit["tasks"][r.task] = {"predictions": pack_labels(r.predictions), "metrics": r.metrics,
-                             "seconds": r.seconds, "steps": r.steps}
+    preds = np.asarray(r.predictions)
+    evidence = ({"values": [float(v) for v in preds]} if np.issubdtype(preds.dtype, np.floating)
+                else {"predictions": pack_labels(preds)})
+    unit["tasks"][r.task] = {**evidence, "metrics": r.metrics, "seconds": r.seconds, "steps": r.steps}
     labels = pack_labels(r.labels)
     if ev.dev_labels.setdefault(r.task, labels) != labels:
         raise RuntimeError(f"{r.task}: dev labels changed between fine-tunes")
@@ -62,9 +66,12 @@ class Evaluator:
         self.pad = self.tokenizer.pad_token_id or 0
         self._slices: dict[int, torch.Tensor] = {}
         self.slice(cfg.proxy.slice_seeds[0])  # fail at start-up, not in the first evaluation
-        self.datasets = {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names}
+        # The agreement readout reads no task data: only held-out corpus blocks.
+        self.datasets = ({} if cfg.tasks.readout == "agreement" else
+                         {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names})
         # Tokenised once here, not per candidate and seed (it was ~16 s of each quickstart evaluation).
         self.encoded = TaskEncodings(self.tokenizer, self.datasets, cfg.tasks.finetune)
+        self.readout = make_readout(cfg, self.tokenizer, self.datasets, self.encoded, self.device, self.teacher)
         self.num_teacher_layers = self.teacher.config.num_hidden_layers
 
     def slice(self, seed: int) -> torch.Tensor:
@@ -72,8 +79,10 @@ class Evaluator:
         from layersearch.data.slices import get_slice
 
         if seed not in self._slices:
+            # The agreement readout tests on the corpus's last blocks: no slice may train on them.
+            reserve = self.cfg.tasks.agreement.heldout_blocks if self.cfg.tasks.readout == "agreement" else 0
             self._slices[seed] = get_slice(self.cfg.corpus, self.tokenizer, self.cfg.proxy.slice_blocks,
-                                           seed).input_ids
+                                           seed, reserve).input_ids
         return self._slices[seed]
 
     def slice_config(self, seed: int) -> Config:
@@ -97,6 +106,8 @@ class Evaluator:
     @property
     def packed_finetune(self) -> bool:
         """Whether a pack's students are fine-tuned together: on a GPU, unless the config says."""
+        if self.readout.name != "finetune":  # the other readouts train nothing
+            return False
         packed = self.cfg.tasks.finetune.packed
         return self.device == "cuda" if packed == "auto" else bool(packed)
 
@@ -138,19 +149,18 @@ class Evaluator:
 
     def _finetune(self, ev: Evaluation, student, slice_seed: int, seeds: list[int], progress: bool,
                   distill_s: float) -> None:
-        """Fine-tune the distilled student on every task with each seed; one unit per seed.
+        """Read the distilled student out (``tasks.readout``) on every task with each seed; one unit
+        per seed.
 
         Each unit records its slice's distillation time, so the cost of any set
         of units can be added up later (benches compare budgets that way).
         """
-        from layersearch.finetune import finetune_all
         from layersearch.student import finish_student
 
         t0 = time.perf_counter()
-        # WID's compactor model becomes an ordinary smaller model before fine-tuning.
+        # WID's compactor model becomes an ordinary smaller model before it is read out.
         encoder = finish_student(student).base_model.to(self.device)
-        results = finetune_all(encoder, self.tokenizer, self.cfg.tasks, self.datasets, self.device,
-                               progress, seeds=seeds, encoded=self.encoded)
+        results = self.readout.score(encoder, seeds, progress)
         ev.timings["finetune_s"] = ev.timings.get("finetune_s", 0.0) + time.perf_counter() - t0
         for r in results:
             self._record(ev, slice_seed, distill_s, r)
@@ -161,7 +171,7 @@ class Evaluator:
         Per task and seed, the members that lack that unit are fine-tuned as one
         vmapped pack; a member that fails (diverges) fails alone.
         """
-        from layersearch.finetune_packed import finetune_pack
+        from layersearch.readout.finetune_packed import finetune_pack
         from layersearch.student import finish_student
 
         encoders = [finish_student(st).base_model.to(self.device) for _, st, _, _ in members]
@@ -196,7 +206,7 @@ class Evaluator:
     def _finish(self, ev: Evaluation) -> Evaluation:
         if ev.ok:
             try:
-                summarize(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
+                summarize(ev, self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
             except Exception as exc:
                 self._fail(ev, exc)
         return ev
@@ -302,7 +312,7 @@ class Evaluator:
 
         Students are built here, so a retry of part of the pack starts from fresh ones.
         """
-        from layersearch.packed import train_packed
+        from layersearch.distill.packed import train_packed
         from layersearch.student import make_student
 
         out: list = []

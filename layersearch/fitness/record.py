@@ -48,7 +48,8 @@ class Evaluation:
     spec_key: str
     status: str = "ok"  # or "failed: <why>"
     # The evidence: unit key -> {"slice_seed", "finetune_seed", "tasks": {task: {
-    # "predictions": digits, "metrics": raw GLUE metrics, "seconds", "steps"}}}.
+    # "predictions": digits, "metrics": raw GLUE metrics, "seconds", "steps"}}}; a task-free
+    # readout (agreement) keeps "values", one real score per held-out example, instead of digits.
     units: dict[str, dict] = field(default_factory=dict)
     dev_labels: dict[str, str] = field(default_factory=dict)  # task -> digits, same for every unit
     majority: dict[str, float] = field(default_factory=dict)  # task -> raw headline of a constant predictor
@@ -105,7 +106,10 @@ class Evaluation:
 
     def predictions(self, task: str, units: list[str]) -> np.ndarray:
         """[units, dev examples] predictions of one task, rows in the given unit order."""
-        return np.stack([unpack_labels(self.units[u]["tasks"][task]["predictions"]) for u in units])
+        rows = [self.units[u]["tasks"][task] for u in units]
+        if rows and "values" in rows[0]:
+            return np.array([r["values"] for r in rows], dtype=np.float64)
+        return np.stack([unpack_labels(r["predictions"]) for r in rows])
 
     def to_dict(self) -> dict:
         return asdict(self)

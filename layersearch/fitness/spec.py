@@ -89,6 +89,13 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     tasks = {"names": sorted(cfg.tasks.names), "finetune": finetune}
     # The files' contents name local task data, wherever the folder lies.
     tasks["source"] = tasks_identity(cfg.tasks.source, cfg.tasks.names)
+    # A readout other than fine-tuning names itself and its parameters, so caches never mix
+    # readouts; fine-tuning adds nothing, so the keys of its cached units stay as they were.
+    if cfg.tasks.readout == "probe":
+        tasks["readout"] = {"name": "probe", **data["tasks"]["probe"]}
+    elif cfg.tasks.readout == "agreement":
+        # No task data is read: only the held-out blocks and the ridge decide the score.
+        tasks = {"readout": {"name": "agreement", **data["tasks"]["agreement"]}}
     return {
         "version": SPEC_VERSION,
         "teacher": teacher_identity(cfg.teacher.model, cfg.teacher.revision),
@@ -173,4 +180,4 @@ def search_device(cfg: Config) -> str:
 
 def units_of(cfg: Config) -> list[tuple[int, int]]:
     """(slice seed, fine-tune seed) of every unit the config asks for, in order."""
-    return [(s, f) for s in cfg.proxy.slice_seeds for f in cfg.tasks.finetune.seeds]
+    return [(s, f) for s in cfg.proxy.slice_seeds for f in cfg.tasks.unit_seeds]

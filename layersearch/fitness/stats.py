@@ -77,6 +77,20 @@ def matthews(preds: np.ndarray, labels: np.ndarray, num_labels: int | None = Non
     return float(out[0]) if single else out
 
 
+def task_score(row: np.ndarray, labels: np.ndarray, num_labels: int | None = None,
+               counts: np.ndarray | None = None) -> np.ndarray | float:
+    """One unit's score of one task: Matthews correlation of its predicted labels, or, for a
+    task-free readout whose row holds a real value per held-out example (``agreement``), the
+    mean of those values (weighted by ``counts``, one value per resample row)."""
+    row = np.asarray(row)
+    if np.issubdtype(row.dtype, np.floating):
+        if counts is None:
+            return float(row.mean())
+        w = np.asarray(counts, dtype=np.float64)
+        return w @ row.astype(np.float64) / w.sum(axis=1)
+    return matthews(row, labels, num_labels, counts)
+
+
 # --- estimates with intervals ----------------------------------------------------
 
 @dataclass(frozen=True)
@@ -197,15 +211,16 @@ def _unit_fitness(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray], w
     for t, w in weights.items():
         rows = np.atleast_2d(preds[t])
         if counts is None:
-            scores = np.array([matthews(r, labels[t], num_labels[t]) for r in rows])  # [U]
+            scores = np.array([task_score(r, labels[t], num_labels[t]) for r in rows])  # [U]
         else:
-            scores = np.stack([matthews(r, labels[t], num_labels[t], counts[t]) for r in rows], axis=1)
+            scores = np.stack([task_score(r, labels[t], num_labels[t], counts[t]) for r in rows], axis=1)
         out = w / total * scores if out is None else out + w / total * scores
     return out
 
 
 def _num_labels(labels: dict[str, np.ndarray], *pred_sets) -> dict[str, int]:
-    return {t: int(max([y.max(initial=0)] + [np.max(p[t]) for p in pred_sets])) + 1
+    return {t: int(max([y.max(initial=0)] + [np.max(p[t]) for p in pred_sets
+                                             if not np.issubdtype(np.asarray(p[t]).dtype, np.floating)])) + 1
             for t, y in labels.items()}
 
 

@@ -135,7 +135,7 @@ class SearchDriver:
         if ev is None:
             return Score(None), None
         ev = summarize(ev.restricted([unit_key(*u) for u in self.ladder.units(rung)]),
-                       self.cfg.tasks.names, self.cfg.tasks.weights) if ev.ok and ev.units else ev
+                       self.cfg.tasks.scored, self.cfg.tasks.scored_weights) if ev.ok and ev.units else ev
         return Score.of(ev), ev
 
     # --- MLflow -------------------------------------------------------------
@@ -273,7 +273,7 @@ class SearchDriver:
         todo, priors, work = [], {}, {}
         for genome in genomes:
             mapping = self._mapping(genome)
-            hit, partial = self.cache.lookup(mapping, units, self.cfg.tasks.names, self.cfg.tasks.weights)
+            hit, partial = self.cache.lookup(mapping, units, self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
             if hit is not None:
                 p.cached += 1
                 self._record(hit, cached=True, rung=rung)
@@ -377,7 +377,7 @@ class SearchDriver:
                 plain[genome] = ev.fitness if ev.ok else None
                 continue
             ev = ev.restricted(wanted)
-            table[genome] = unit_fitness(ev, self.cfg.tasks.names, self.cfg.tasks.weights)
+            table[genome] = unit_fitness(ev, self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
         top = [unit_key(*u) for u in self.ladder.units(self.ladder.top)]
         return plain | adjusted_means(table, top)
 
@@ -538,7 +538,7 @@ class SearchDriver:
             ev = load_evaluation(self.tracker, self.children[mapping.key][0])
         if ev is None or ev.missing(wanted):
             return None
-        return summarize(ev.restricted(wanted), self.cfg.tasks.names, self.cfg.tasks.weights)
+        return summarize(ev.restricted(wanted), self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
 
     def _versus_uniform(self, best: Evaluation | None):
         """The winner minus TinyBERT's uniform mapping, paired, when the search evaluated both.
@@ -567,7 +567,7 @@ class SearchDriver:
                 family.append((str(ev.mapping), ev))
         try:
             comparisons = compare(("uniform", ref), [(str(best.mapping), best), *family],
-                                  self.cfg.tasks.names, self.cfg.tasks.weights)
+                                  self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
         except PairingError as exc:  # e.g. evaluators that disagreed on the spec
             self.on_event("warning", self.progress, {"message": f"no verdict against uniform: {exc}"})
             return None

@@ -73,8 +73,8 @@ class Ladder:
     def of(cls, cfg: Config) -> Ladder:
         racing = cfg.search.racing
         if racing is None:
-            return cls(cfg.proxy.slice_seeds, cfg.tasks.finetune.seeds)
-        return cls(cfg.proxy.slice_seeds, cfg.tasks.finetune.seeds, racing.seeds, racing.slices,
+            return cls(cfg.proxy.slice_seeds, cfg.tasks.unit_seeds)
+        return cls(cfg.proxy.slice_seeds, cfg.tasks.unit_seeds, racing.seeds, racing.slices,
                    racing.reduction)
 
     def __len__(self) -> int:

@@ -151,10 +151,10 @@ def test_init_baselines_are_the_untouched_inits(quickstart_raw):
     from transformers import AutoModel, BertConfig
 
     from layersearch.confirm import FinalReadout
-    from layersearch.finetune import finetune_all
     from layersearch.fitness import Evaluator
     from layersearch.mapping import Mapping
     from layersearch.models import load_teacher
+    from layersearch.readout.finetune import finetune_all
 
     raw = quickstart_raw
     raw["proxy"]["slice_blocks"] = 64

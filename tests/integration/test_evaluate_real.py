@@ -108,7 +108,7 @@ def test_constant_predictor_scores_zero_on_every_real_task(shared_data):
 
 
 def test_more_seeds_extend_the_cached_evaluation(quickstart_raw, monkeypatch):
-    import layersearch.finetune as finetune
+    import layersearch.readout.finetune as finetune
     from layersearch.fitness import spec_key, units_of
     from layersearch.search.cache import EvaluationCache
 
@@ -192,8 +192,8 @@ def test_packed_finetuning_equals_one_by_one(quickstart_raw):
 def test_out_of_memory_halves_the_pack_and_loses_no_candidate(quickstart_raw, monkeypatch):
     import torch
 
-    import layersearch.finetune_packed as finetune_packed
-    import layersearch.packed as packed
+    import layersearch.distill.packed as packed
+    import layersearch.readout.finetune_packed as finetune_packed
 
     raw = tiny(quickstart_raw)
     raw["tasks"]["finetune"]["packed"] = True

@@ -10,8 +10,8 @@ import torch
 
 from layersearch.config import parse_config
 from layersearch.data.tasks import load_task
-from layersearch.finetune import finetune_task
 from layersearch.models import build_student, load_teacher, load_tokenizer
+from layersearch.readout.finetune import finetune_task
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 from layersearch.cli.distill import run_distill
 from layersearch.config import parse_config
 from layersearch.data.tasks import load_task
-from layersearch.finetune import finetune_task
+from layersearch.readout.finetune import finetune_task
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from layersearch.config import FinetuneConfig, TasksConfig
 from layersearch.errors import UserError
-from layersearch.finetune import (
+from layersearch.readout.finetune import (
     FinetuneDivergence,
     TaskResult,
     encode,

@@ -10,8 +10,8 @@ import torch
 from test_finetune import FAST, _data, encoder, one_thread, tokenizer  # noqa: F401  (fixtures)
 from transformers import BertModel
 
-from layersearch.finetune import FinetuneDivergence, TaskEncodings, finetune_task
-from layersearch.finetune_packed import finetune_pack
+from layersearch.readout.finetune import FinetuneDivergence, TaskEncodings, finetune_task
+from layersearch.readout.finetune_packed import finetune_pack
 
 
 def _students(encoder, n: int) -> list:  # noqa: F811
@@ -60,7 +60,7 @@ def test_a_diverging_student_fails_alone(encoder, tokenizer):  # noqa: F811
 
 
 def test_encodings_are_made_once_per_task_and_seed(encoder, tokenizer, monkeypatch):  # noqa: F811
-    import layersearch.finetune as finetune
+    import layersearch.readout.finetune as finetune
 
     calls = []
     real = finetune.encode

@@ -8,10 +8,10 @@ from transformers import BertConfig
 
 from layersearch.config import ObjectiveConfig, TrainConfig
 from layersearch.distill import DivergenceError, train
+from layersearch.distill.packed import train_packed
 from layersearch.losses import DistillLoss
 from layersearch.mapping import Mapping
 from layersearch.models import build_student
-from layersearch.packed import train_packed
 
 TCFG = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.1,
@@ -66,7 +66,7 @@ def test_a_diverging_member_does_not_stop_the_pack():
 
 
 def test_split_on_oom_halves_down_to_one_and_isolates_other_errors():
-    from layersearch.packed import split_on_oom
+    from layersearch.distill.packed import split_on_oom
 
     sizes = []
 
@@ -84,7 +84,7 @@ def test_split_on_oom_halves_down_to_one_and_isolates_other_errors():
     assert sizes == [7, 4, 2, 2, 3, 2, 1, 1, 1]
     # A CPU allocator failure counts as out of memory; a plain bug in a one-item pack is its outcome.
     assert split_on_oom([1], lambda items: (_ for _ in ()).throw(RuntimeError("boom")))[0].args == ("boom",)
-    from layersearch.packed import is_out_of_memory
+    from layersearch.distill.packed import is_out_of_memory
 
     assert is_out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -4,7 +4,7 @@ This is the last stage of a fitness evaluation: each proxy student gets a
 classification head, a short seeded fine-tune per task and seed, and its dev
 scores. Same encoder, data, config and seed give bit-identical results on CPU.
 
-    from layersearch.finetune import finetune_all
+    from layersearch.readout.finetune import finetune_all
     results = finetune_all(student, tokenizer, cfg.tasks, datasets)
 """
 

@@ -29,7 +29,8 @@ from transformers import get_scheduler
 from layersearch.config import FinetuneConfig
 from layersearch.data.tasks import TASKS
 from layersearch.distill import adamw
-from layersearch.finetune import (
+from layersearch.precision import autocast
+from layersearch.readout.finetune import (
     MAX_GRAD_NORM,
     WARMUP_RATIO,
     TaskEncodings,
@@ -42,7 +43,6 @@ from layersearch.finetune import (
     task_result,
     total_steps,
 )
-from layersearch.precision import autocast
 
 
 class _Stacked:
