@@ -65,3 +65,18 @@ def test_compare_with_agreement_gives_verdicts_with_intervals(quickstart_raw, wr
     client = MlflowClient(raw["tracking"]["uri"])
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
     assert all(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id]))
+
+
+def test_gpu_suite_smoke_prints_every_figure():
+    """bench/gpu_suite.py's code path at toy sizes on a CPU: ready for the first lent GPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "bench" / "gpu_suite.py"), "--smoke"], cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("packed proxy distillation K=1:", "packed proxy distillation K=2:", "full distillation step:",
+                 "readout finetune:", "readout probe:", "readout agreement:", "probe bf16 vs fp32:"):
+        assert line in out.stdout, (line, out.stdout)
