@@ -10,13 +10,19 @@ of (seed, epoch, index), so the step is the position.
 Atomic: rank 0 assembles the checkpoint in a ``.tmp-*`` folder beside the
 others and renames it into place once every worker has written its random
 states, so a crash leaves the previous checkpoint or the new one, never half.
-Leftover ``.tmp-*`` folders of a crashed writer are removed on the next save
-and on ``clean_temporary``.
+Durable: every file and the folder are fsynced before the rename, and the
+parent folder after it, so a machine crash (not only a process crash) cannot
+leave a renamed checkpoint whose bytes never reached the disk. Should the
+newest checkpoint be damaged all the same (a disk that lies, a copy cut
+short), ``resume_candidates`` lists the older one it keeps and the trainer
+falls back to it, saying so. Leftover ``.tmp-*`` folders of a crashed writer
+are removed on the next save and on ``clean_temporary``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -36,6 +42,10 @@ class CheckpointError(UserError):
     pass
 
 
+class CheckpointMismatch(CheckpointError):
+    """A sound checkpoint that this run cannot use as configured (another world size)."""
+
+
 def _checkpoints(root: Path) -> list[Path]:
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
@@ -44,6 +54,27 @@ def _checkpoints(root: Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = _checkpoints(Path(root)) if Path(root).is_dir() else []
     return found[-1] if found else None
+
+
+def resume_candidates(root: str | Path) -> list[Path]:
+    """The kept checkpoints, newest first: where a resume tries, in order."""
+    return list(reversed(_checkpoints(Path(root)))) if Path(root).is_dir() else []
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable(folder: Path) -> None:
+    """Every file of ``folder``, then the folder's own entries, onto the disk."""
+    for f in folder.iterdir():
+        if f.is_file():
+            _fsync(f)
+    _fsync(folder)
 
 
 def clean_temporary(root: str | Path) -> None:
@@ -124,9 +155,11 @@ def save_checkpoint(root: Path, step: int, student, loss_module, optimizer, sche
     (tmp / "trainer_state.json").write_text(json.dumps(
         {"step": step, "curves": curves, "world_size": world_size}))
     final = root / f"{CHECKPOINT_PREFIX}{step}"
+    _make_durable(tmp)  # the bytes first, so the rename can never point at what is not written
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    _fsync(root)  # the rename itself
     for old in _checkpoints(root)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f"{TMP_PREFIX}*"):
@@ -141,7 +174,7 @@ def load_checkpoint(path: Path, student, loss_module, optimizer, scheduler,
         state = json.loads((path / "trainer_state.json").read_text())
         saved_world = int(state.get("world_size", 1))
         if saved_world != world_size:
-            raise CheckpointError(
+            raise CheckpointMismatch(
                 f"checkpoint {path} was written by {saved_world} worker(s); resume with "
                 f"distill.workers={saved_world} (every worker's random stream is restored)")
         student.load_state_dict(load_file(str(path / "student.safetensors")))

@@ -16,6 +16,7 @@ unequally, as data-parallel MLM training usually does.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,15 @@ class Workers:
         return nn.parallel.DistributedDataParallel(
             module, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None,
             find_unused_parameters=True)
+
+    @staticmethod
+    def accumulating(module: nn.Module, last: bool) -> AbstractContextManager:
+        """Around one micro-step's forward and backward: on every micro-step of gradient
+        accumulation but the last, DDP keeps its gradients local (``no_sync``) instead of
+        all-reducing them, once per optimizer step instead of once per micro-step."""
+        if last or not isinstance(module, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return module.no_sync()
 
     def mean(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
         if self.world_size == 1 or not values:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -26,8 +27,9 @@ from layersearch.cpu_memory import keep_freed_memory
 from layersearch.distill.callbacks import ProgressLine, StepHook, StopAfter, TrainerCallback
 from layersearch.distill.checkpoint import (
     CheckpointError,
-    latest_checkpoint,
+    CheckpointMismatch,
     load_checkpoint,
+    resume_candidates,
     save_checkpoint,
     staging_dir,
     write_rng,
@@ -232,21 +234,7 @@ def train(
     start_step, curves = 0, {}
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else None
     if resume and ckpt_root is not None:
-        latest = latest_checkpoint(ckpt_root)
-        if latest is not None:
-            failure = None
-            try:
-                start_step, curves = load_checkpoint(latest, student, loss_module, optimizer,
-                                                     scheduler, workers.rank, workers.world_size)
-            except CheckpointError as exc:
-                failure = exc
-            # One worker's damaged random state must stop all of them, not leave them waiting.
-            (failed,) = workers.any(failure is not None, device=device)
-            if failure is not None:
-                raise failure
-            if failed:
-                raise CheckpointError(f"checkpoint {latest} is corrupt or incomplete for another "
-                                      "worker; delete it to start over")
+        start_step, curves = resume_from(ckpt_root, student, loss_module, optimizer, scheduler, workers, device)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * seq_length
     hooks = hooks_of(loss_module, callbacks)
@@ -268,19 +256,20 @@ def train(
             index = (step - 1) * cfg.grad_accum_steps + micro
             ids = micro_batch(data, index, cfg.batch_size, cfg.seed, workers).to(device)
             mask = (ids != pad_token_id).long()
-            with autocast:
-                t_feats = None
-                if distil:
-                    with torch.no_grad():
-                        t_feats = extract(teacher, ids, mask, teacher_req)
-                terms = step_module(ids, mask, t_feats, step, distil)
-            # Every worker learns of a divergence anywhere before anyone's backward pass.
-            (bad,) = workers.any(not torch.isfinite(terms["total"]), device=device)
-            if bad:
-                check_finite(terms, step)
-                raise DivergenceError(f"loss became nan at step {step} on another worker; "
-                                      "lower the learning rate or check the data")
-            (terms["total"] / cfg.grad_accum_steps).backward()
+            with workers.accumulating(step_module, last=micro == cfg.grad_accum_steps - 1):
+                with autocast:
+                    t_feats = None
+                    if distil:
+                        with torch.no_grad():
+                            t_feats = extract(teacher, ids, mask, teacher_req)
+                    terms = step_module(ids, mask, t_feats, step, distil)
+                # Every worker learns of a divergence anywhere before anyone's backward pass.
+                (bad,) = workers.any(not torch.isfinite(terms["total"]), device=device)
+                if bad:
+                    check_finite(terms, step)
+                    raise DivergenceError(f"loss became nan at step {step} on another worker; "
+                                          "lower the learning rate or check the data")
+                (terms["total"] / cfg.grad_accum_steps).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() / cfg.grad_accum_steps
         optimizer_step(params, optimizer, scheduler, loss_module, cfg, step, steps, sums, hooks)
@@ -303,6 +292,39 @@ def train(
     return TrainResult(steps=step, tokens=done * tokens_per_step,
                        seconds=time.perf_counter() - began, curves=curves,
                        stopped=stopped and step < steps, total_steps=steps, speed=speed)
+
+
+def resume_from(root: Path, student, loss_module, optimizer, scheduler, workers: Workers,
+                device) -> tuple[int, dict]:
+    """(step, curves) of the newest sound checkpoint, loaded into the given objects; (0, {}) if none.
+
+    A damaged newest checkpoint falls back to the older one kept beside it, in one line on
+    stderr; every worker takes the same decision (one worker's damaged random state stops
+    them all at the same candidate). A checkpoint that is sound but mismatched (another
+    world size) is an error, not a reason to go back in time.
+    """
+    candidates = resume_candidates(root)
+    first_failure = None
+    for i, path in enumerate(candidates):
+        failure = None
+        try:
+            loaded = load_checkpoint(path, student, loss_module, optimizer, scheduler, workers.rank,
+                                     workers.world_size)
+        except CheckpointMismatch:
+            raise
+        except CheckpointError as exc:
+            failure = exc
+        (failed,) = workers.any(failure is not None, device=device)
+        if not failed:
+            return loaded
+        first_failure = first_failure or failure or CheckpointError(
+            f"checkpoint {path} is corrupt or incomplete for another worker; delete it to start over")
+        if i + 1 < len(candidates) and workers.is_main:
+            print(f"checkpoint {path} is corrupt or incomplete; resuming from the previous one, "
+                  f"{candidates[i + 1].name}", file=sys.stderr, flush=True)
+    if first_failure is not None:
+        raise first_failure
+    return 0, {}
 
 
 def checkpoint(root: Path, step: int, student, loss_module, optimizer, scheduler, curves,

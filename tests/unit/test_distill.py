@@ -96,6 +96,41 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path, damage):
         train(student, teacher, loss, DATA, CFG, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+    """A machine crash that truncates the newest checkpoint costs its steps, not the run."""
+    s_full, t_full, l_full = _pair()
+    full = train(s_full, t_full, l_full, DATA, CFG)
+    student, teacher, loss = _pair()
+    train(student, teacher, loss, DATA, CFG, checkpoint_dir=tmp_path, stop_after=4)
+    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
+    blob = (tmp_path / "checkpoint-4" / "student.safetensors").read_bytes()
+    (tmp_path / "checkpoint-4" / "student.safetensors").write_bytes(blob[: len(blob) // 3])
+    capfd.readouterr()
+    student, teacher, loss = _pair(seed=99)  # fresh objects: everything from checkpoint-2
+    resumed = train(student, teacher, loss, DATA, CFG, checkpoint_dir=tmp_path, resume=True)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint-4 is corrupt or incomplete" in err[0] and "checkpoint-2" in err[0]
+    assert resumed.curves == full.curves
+    for (k, a), b in zip(s_full.state_dict().items(), student.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    import layersearch.distill.checkpoint as ckpt
+
+    synced, renamed = [], []
+    real_fsync, real_rename = ckpt._fsync, type(tmp_path).rename
+    monkeypatch.setattr(ckpt, "_fsync", lambda p: (synced.append(p), real_fsync(p))[1])
+    monkeypatch.setattr(type(tmp_path), "rename",
+                        lambda self, target: (renamed.append(len(synced)), real_rename(self, target))[1])
+    student, teacher, loss = _pair()
+    train(student, teacher, loss, DATA, CFG.model_copy(update={"max_steps": 2}), checkpoint_dir=tmp_path)
+    names = {p.name for p in synced}
+    assert {"student.safetensors", "loss.safetensors", "optim.pt", "trainer_state.json", "rng-0.pt"} <= names
+    assert renamed and renamed[0] >= 6  # five files and the staging folder, all before the rename
+    assert synced[-1] == tmp_path  # and the parent folder after it
+
+
 def test_budget_and_data_order():
     cfg = TrainConfig(max_steps=None, max_tokens=1000, batch_size=4, grad_accum_steps=2)
     assert total_steps(cfg, 12) == 11  # ceil(1000 / 96)
