@@ -51,3 +51,38 @@ def layer_usage(populations: list[list[list[int]]], num_teacher_layers: int,
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def verdict(winner: dict[str, float], uniform: dict[str, float], diff: tuple[float, float, float],
+            word: str, winner_label: str, path: str | Path) -> Path:
+    """The search's answer as a picture: each unit's fitness for the winner and for uniform,
+    paired by a line (same slice, seed and dev examples), and beside it the paired difference
+    with its 95% interval against the zero line. ``diff`` is (mean, low, high)."""
+    units = [u for u in uniform if u in winner]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.6), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
+    for u in units:
+        left.plot([0, 1], [uniform[u], winner[u]], "-o", color="0.55", markersize=4, linewidth=1)
+    left.plot([0, 1], [np.mean([uniform[u] for u in units]), np.mean([winner[u] for u in units])], "-D",
+              color="C0", linewidth=2.5, markersize=7, label="mean over units")
+    left.set_xticks([0, 1])
+    left.set_xticklabels(["uniform", winner_label])
+    left.set_xlim(-0.4, 1.4)
+    left.set_ylabel("proxy fitness per unit")
+    left.set_title(f"{len(units)} paired units (slice x seed)")
+    left.legend(loc="best", fontsize=8)
+    mean, low, high = diff
+    colour = {"better": "C2", "worse": "C3"}.get(word, "C7")
+    right.axhline(0.0, color="black", linewidth=1)
+    right.errorbar([0], [mean], yerr=[[mean - low], [high - mean]], fmt="o", color=colour, capsize=8,
+                   markersize=8, linewidth=2)
+    right.set_xticks([0])
+    right.set_xticklabels([f"{winner_label}\nminus uniform"])
+    right.set_xlim(-1, 1)
+    span = max(abs(low), abs(high), 1e-3) * 1.3
+    right.set_ylim(-span, span)
+    right.set_title(f"95% interval: {word}")
+    fig.suptitle(f"Winner {winner_label} against uniform: {mean:+.4f} [{low:+.4f}, {high:+.4f}]", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

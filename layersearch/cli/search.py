@@ -101,6 +101,8 @@ class SearchDisplay:
         else:
             console.print(f"strategy {strategy}: {space} genomes in the space, budget {budget}", highlight=False)
         console.print(fidelity_text(self.evidence), highlight=False, soft_wrap=True)
+        for note in info.get("folded", []):
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         rungs = info["rungs"]
         if len(rungs) > 1:
             console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} seed(s); at most the best "

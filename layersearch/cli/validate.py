@@ -12,4 +12,8 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check a config (schema, teacher, data paths, student shape) and print it resolved."""
     cfg = load(config, set_)
     console.print(Syntax(cfg.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    from layersearch.search.racing import Ladder
+
+    for note in Ladder.folding_notes(cfg):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"[green]ok[/] {config}")

@@ -469,6 +469,8 @@ class SearchDriver:
             self.tracker.set_tags(parent, {"verdict": versus.verdict})
             self.tracker.log_metrics(parent, {"winner_minus_uniform": e.mean, "winner_minus_uniform_ci_low": e.low,
                                               "winner_minus_uniform_ci_high": e.high})
+        if versus is not None:
+            self._log_verdict_plot(parent, ev, versus)
         gain = self.gain = self._gain(parent, ev)
         if gain is not None:
             extra["distillation_gain"] = {"word": gain_word(gain), **gain.to_dict()}
@@ -486,6 +488,20 @@ class SearchDriver:
             metrics.update(best_fitness_ci_low=extra["fitness_ci"][0], best_fitness_ci_high=extra["fitness_ci"][1])
         self.tracker.log_metrics(parent, metrics)
         return ev, versus
+
+    def _log_verdict_plot(self, parent: str, best: Evaluation, versus) -> None:
+        """``verdict.png`` on the search run: the winner's and uniform's units, paired, and the
+        paired difference with its interval against zero."""
+        from layersearch import plots
+        from layersearch.fitness.aggregate import unit_fitness
+
+        ref = self._evaluation_of(self._uniform())
+        names, weights = self.cfg.tasks.scored, self.cfg.tasks.scored_weights
+        e = versus.estimate
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tracker.log_artifact(parent, plots.verdict(
+                unit_fitness(best, names, weights), unit_fitness(ref, names, weights), (e.mean, e.low, e.high),
+                versus.verdict, str(best.mapping), Path(tmp) / "verdict.png"), "plots")
 
     def _gain(self, parent: str, best: Evaluation | None):
         """The winner's distillation gain over its untouched init (``tasks.init_baseline``): the
@@ -600,7 +616,7 @@ class SearchDriver:
                     "configured": self.cfg.search.strategy, "space": self.space.size(),
                     "budget": self.cfg.search.budget or self.cfg.search.population * self.cfg.search.generations,
                     "rungs": [len(self.ladder.units(r)) for r in range(len(self.ladder))],
-                    "reduction": self.ladder.reduction})
+                    "reduction": self.ladder.reduction, "folded": Ladder.folding_notes(self.cfg)})
                 while not self.ga.done(state):
                     self.progress.generation = state.generation
                     pending = self.ga.pending(state)

@@ -80,6 +80,27 @@ class Ladder:
     def __len__(self) -> int:
         return len(self.rungs)
 
+    @staticmethod
+    def folding_notes(cfg: Config) -> list[str]:
+        """One line per configured rung that asks for more seeds or slices than the config has:
+        such a rung folds into the top one, which a user should hear about, not find out."""
+        racing = cfg.search.racing
+        if racing is None:
+            return []
+        n_ft, n_sl = len(cfg.tasks.unit_seeds), len(cfg.proxy.slice_seeds)
+        per = ("tasks.finetune.seeds" if cfg.tasks.readout == "finetune"
+               else f"the {cfg.tasks.readout} readout (one unit per slice)")
+        notes = []
+        for i, seeds in enumerate(racing.seeds):
+            if seeds > n_ft:
+                notes.append(f"search.racing.seeds: rung {i + 1} asks for {seeds} fine-tune seeds but {per} "
+                             f"gives {n_ft}; it is folded into the top rung of {n_ft}")
+        for i, slices in enumerate(racing.slices or []):
+            if slices > n_sl:
+                notes.append(f"search.racing.slices: rung {i + 1} asks for {slices} slices but proxy.slice_seeds "
+                             f"gives {n_sl}; it is folded into the top rung of {n_sl}")
+        return notes
+
     @property
     def top(self) -> int:
         return len(self.rungs) - 1

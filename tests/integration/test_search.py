@@ -110,7 +110,8 @@ def test_search_logs_nested_children_and_best(quickstart_raw, tmp_path):
     arts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"best_mapping.json", "ga_state.json", "logbook.json", "hall_of_fame.json", "plots"} <= arts
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-    assert plots == {"plots/fitness_by_generation.png", "plots/layer_usage.png"}
+    assert plots == {"plots/fitness_by_generation.png", "plots/layer_usage.png", "plots/verdict.png"}
+    assert "winner_minus_uniform" in parent.data.metrics  # what the verdict plot draws
 
     # A second search with the same proxy spec reads everything from the cache.
     again = SearchDriver(cfg, fitness_double.factory(str(tmp_path / "markers2")), num_teacher_layers=6).run()

@@ -200,3 +200,21 @@ def test_a_failed_promotion_leaves_the_hall_of_fame_and_the_state_stays_json():
 
 def test_adjusted_means_of_nothing_is_nothing():
     assert racing_adjusted({}) == {} and racing_adjusted({"a": {}}) == {}
+
+
+def test_a_folded_rung_is_said_not_hidden(quickstart_raw):
+    import copy
+
+    from layersearch.config import parse_config
+
+    raw = copy.deepcopy(quickstart_raw)
+    raw["tasks"]["finetune"]["seeds"] = [0, 1, 2]
+    raw["search"]["racing"] = {"seeds": [1, 5]}
+    notes = Ladder.folding_notes(parse_config(raw))
+    assert notes == ["search.racing.seeds: rung 2 asks for 5 fine-tune seeds but tasks.finetune.seeds gives 3; "
+                     "it is folded into the top rung of 3"]
+    raw["search"]["racing"] = {"seeds": [1, 3]}
+    assert Ladder.folding_notes(parse_config(raw)) == []
+    # A deterministic readout has one unit per slice: racing over seeds folds at once.
+    raw["tasks"]["readout"] = "probe"
+    assert "the probe readout (one unit per slice) gives 1" in Ladder.folding_notes(parse_config(raw))[0]
