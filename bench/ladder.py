@@ -15,7 +15,9 @@ fine-tuning examples (SST-2 and CoLA). A task counts only where the teacher's ow
 get a second distillation seed, for the spread between distillation runs.
 
 **Fidelities** are the proxy at 1, 40 and 200 steps with its 3 fine-tune
-seeds, and at 40 steps with 1 seed. For each: Kendall tau of its ranking of
+seeds, and at 40 steps with 1 seed; and each readout (``tasks.readout``:
+probe, agreement, and finetune itself) at 40 steps on 3 proxy slices, so
+that the spread between distillation runs is in each of them. For each: Kendall tau of its ranking of
 the mappings against the ground truth's, with a 95% bootstrap interval
 (fine-tune seeds and dev examples resampled, the same resample for every
 mapping, as the pairing is); the compute ratio (seconds of a ground-truth
