@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch first, so that no CUDA wheels are pulled in here.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast quickstart lint
+.PHONY: setup test test-fast quickstart lint screenshots
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,12 @@ quickstart: setup
 	@echo "Inspect the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000  (then open http://127.0.0.1:5000)"
 	@echo "The search's answer, paired against TinyBERT's uniform mapping:"
 	@$(VENV)/bin/layersearch show outputs/quickstart/best_mapping.json --top 1 --against uniform
+
+# docs/images from today's quickstart: MLflow UI screenshots by headless Chromium, and the search's plots.
+screenshots: setup
+	test -f mlflow.db || $(MAKE) quickstart
+	command -v chromium > /dev/null || apt-get install -y chromium
+	$(PY) docs/screenshots.py
 
 lint: setup
 	$(VENV)/bin/ruff check layersearch tests bench
