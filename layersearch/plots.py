@@ -80,7 +80,8 @@ def verdict(winner: dict[str, float], uniform: dict[str, float], diff: tuple[flo
     right.set_xlim(-1, 1)
     span = max(abs(low), abs(high), 1e-3) * 1.3
     right.set_ylim(-span, span)
-    right.set_title(f"95% interval: {word}")
+    right.set_ylabel("difference, 95% interval")
+    right.set_title(word)
     fig.suptitle(f"Winner {winner_label} against uniform: {mean:+.4f} [{low:+.4f}, {high:+.4f}]", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
