@@ -108,11 +108,12 @@ class FinalReadout:
     def score(self, ev: Evaluation, encoder, seed: int, finetune_seeds: list[int], progress: bool,
               distill_s: float = 0.0) -> None:
         """Fine-tune ``encoder`` with each seed on every task; one unit (seed, fine-tune seed) each."""
-        from layersearch.readout.finetune import finetune_all
+        from layersearch.readout import FinetuneReadout
 
         t0 = time.perf_counter()
-        results = finetune_all(encoder.to(self.device), self.tokenizer, self.tasks, self.datasets, self.device,
-                               progress, seeds=finetune_seeds, encoded=self.encoded)
+        # The proxy's fine-tune readout, on confirm's own tasks and budget.
+        results = FinetuneReadout(self.tasks, self.tokenizer, self.encoded, self.device).score(
+            encoder.to(self.device), finetune_seeds, progress)
         ev.timings["finetune_s"] = ev.timings.get("finetune_s", 0.0) + time.perf_counter() - t0
         for r in results:
             record_unit(ev, seed, distill_s, r, curves=seed == distill_seeds(self.cfg)[0])
