@@ -51,7 +51,8 @@ def timed(evaluators: int, args, tracking_uri: str | None) -> float:
     """Seconds for args.evals evaluations on a pool of warm actors."""
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
         f"corpus.paths=[{SHARED / 'corpus' / 'wikitext103'}]", f"tasks.source={SHARED / 'glue'}",
-        f"ray.num_evaluators={evaluators}", "ray.num_cpus=1",
+        f"ray.num_evaluators={evaluators}", "ray.num_cpus=1", "tasks.readout=finetune", "proxy.slice_seeds=[0]",
+        "search.racing=null",
         f"tracking.uri={tracking_uri or 'sqlite:///unused.db'}", "tracking.experiment=dispatch-bench"])
     pool = EvaluatorPool(cfg, fitness_double.factory(delay=args.delay), SLOT)
     try:

@@ -125,7 +125,27 @@ def components(values: dict[str, float], units: dict) -> tuple[float, float, flo
     if len(slices) < 2:
         return within, math.nan, per
     between = statistics.variance([statistics.fmean(v) for v in slices.values()]) - within / per
-    return within, max(0.0, between), per
+    return within, between, per  # unclipped: a negative component says "smaller than the seeds explain"
+
+
+def paired_slice_spread(results: list, names: list[str], weights) -> float:
+    """The sd between slices of a mapping's paired difference from uniform (each slice's mean over
+    its fine-tune seeds), root mean square over mappings: what a paired comparison cannot cancel,
+    the spread between distillation runs (plus what fine-tune noise is left in a slice mean)."""
+    ref = next(ev for label, ev in results if label == "uniform")
+    base = unit_fitness(ref, names, weights)
+    out = []
+    for label, ev in results:
+        if label == "uniform":
+            continue
+        values = unit_fitness(ev, names, weights)
+        per_slice: dict[int, list[float]] = {}
+        for u, v in values.items():
+            if u in base:
+                per_slice.setdefault(ev.units[u]["slice_seed"], []).append(v - base[u])
+        if len(per_slice) >= 2:
+            out.append(statistics.variance([statistics.fmean(v) for v in per_slice.values()]))
+    return math.sqrt(statistics.fmean(out)) if out else math.nan
 
 
 def cost(ev, units: list[str]) -> float:
@@ -198,7 +218,8 @@ def main() -> None:
     ap.add_argument("--precision-check", action="store_true",
                     help="evaluate every mapping in fp32 and in bf16 and compare the rankings")
     args = ap.parse_args()
-    overrides = [*args.set, f"tasks.finetune.seeds={list(range(args.seeds))}",
+    # The fine-tune readout unless --set names another (the quickstart ships agreement).
+    overrides = ["tasks.readout=finetune", *args.set, f"tasks.finetune.seeds={list(range(args.seeds))}",
                  f"proxy.slice_seeds={list(range(args.slices))}"]
     if args.precision_check:
         precision_check(args, overrides)
@@ -229,7 +250,7 @@ def main() -> None:
         mean_se2.append(est.seed_se ** 2)
         ratios.append(cost(ev, list(ev.units)) / cost(ev, [cheap_unit]))
         print(f"{label:10s} {str(ev.mapping):12s} {interval_text(ev):34s} {values[cheap_unit]:7.4f} "
-              f"{math.sqrt(w):8.4f} {math.sqrt(b) if not math.isnan(b) else math.nan:8.4f}")
+              f"{math.sqrt(w):8.4f} {math.copysign(math.sqrt(abs(b)), b) if not math.isnan(b) else math.nan:8.4f}")
 
     print("\nper task: mean Matthews over every unit of every mapping (0 = a constant predictor), "
           "its sd across mappings and the mean seed sd")
@@ -251,17 +272,21 @@ def main() -> None:
         print(f"  {c.text()}")
 
     ft_sd = math.sqrt(statistics.fmean(within))
-    slice_sd = math.sqrt(statistics.fmean(between)) if not any(math.isnan(b) for b in between) else math.nan
+    slice_var = statistics.fmean(between) if not any(math.isnan(b) for b in between) else math.nan
+    slice_sd = math.sqrt(max(0.0, slice_var)) if not math.isnan(slice_var) else math.nan
     spread_sd = statistics.stdev(high)
     # What the high-fidelity means' own seed noise leaves of their spread: the true signal.
     signal_sd = math.sqrt(max(0.0, spread_sd ** 2 - statistics.fmean(mean_se2)))
     cheap_noise = math.sqrt(ft_sd ** 2 + (0.0 if math.isnan(slice_sd) else slice_sd ** 2))
     tau = kendalltau(cheap, high).statistic
     print(f"\nfine-tune seed sd (one evaluation): {ft_sd:.4f}")
-    print(f"proxy slice sd (component): {slice_sd:.4f}")
+    print(f"proxy slice sd (component): {slice_sd:.4f} (variance component {slice_var:+.6f}, unclipped: below 0 "
+          "means the slice means vary less than their fine-tune seeds explain)")
+    print(f"paired distillation spread, sd between slices of the difference from uniform: "
+          f"{paired_slice_spread(results, names, weights):.4f} (the fine-tune seeds cancel in a pair; this does not)")
     print(f"spread of mean fitness across mappings: sd {spread_sd:.4f}, range {max(high) - min(high):.4f}; "
           f"signal sd after its own noise: {signal_sd:.4f}")
-    print(f"verdicts against uniform: {sum(c.verdict != 'indistinguishable' for c in verdicts)} of "
+    print(f"verdicts against uniform: {sum(c.verdict in ('better', 'worse') for c in verdicts)} of "
           f"{len(verdicts)} distinguishable")
     print(f"wall time {time.perf_counter() - began:.0f} s")
     print(f"signal-to-noise: {signal_sd / cheap_noise:.2f}")

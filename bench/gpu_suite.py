@@ -86,7 +86,8 @@ def main() -> None:
     teacher = BertModel(size["teacher"], add_pooling_layer=False).to(device).eval()
     n = size["teacher"].num_hidden_layers
     cfg = load_config(str(ROOT / "configs" / "quickstart.yaml"), [
-        *size["student"], "student.init.method=random", f"corpus.seq_length={size['seq']}",
+        *size["student"], "student.init.method=random", "tasks.readout=finetune", "proxy.slice_seeds=[0]",
+        "search.racing=null", f"corpus.seq_length={size['seq']}",
         f"proxy.train.batch_size={size['batch']}", f"proxy.train.max_steps={size['steps']}",
         f"proxy.train.precision={precision}", f"tasks.finetune.precision={precision}",
         f"tasks.finetune.train_examples={size['examples']}", f"tasks.probe.train_examples={size['examples']}",

@@ -22,6 +22,12 @@ fitness is within the difference a high-fidelity paired comparison (``--oracle-s
 fine-tune seeds) could detect of the true best; compute = distillations and
 fine-tune units spent, priced at the quickstart's measured seconds.
 
+It first prints the seed correction's bias under racing's own selection:
+races of 40 equal genomes on 3 units, the top half promoted on rung 0, and
+the mean of adjusted minus true fitness, in unit sds, for the unpromoted and
+the promoted, with no seed effect and with +0.5 sd on rung 0's unit; beside
+it the fixed-effects fit the search used before (``fixed_effects_means``).
+
     python bench/search_quality.py            # 20 search seeds per method, a few minutes
     python bench/search_quality.py --quick    # a smoke run
 """
@@ -48,6 +54,7 @@ from layersearch.config import load_config  # noqa: E402
 from layersearch.fitness import Evaluation, summarize, unit_key  # noqa: E402
 from layersearch.fitness.record import pack_labels  # noqa: E402
 from layersearch.search.driver import SearchDriver  # noqa: E402
+from layersearch.search.selection import adjusted_means  # noqa: E402
 
 M, N = 3, 6
 CONFIG = "configs/quickstart.yaml"
@@ -208,6 +215,48 @@ def run_search(base, method: str, seed: int, args, spreads: dict) -> tuple[tuple
     return tuple(result.best.mapping.genes), surrogate
 
 
+def fixed_effects_means(table: dict, reference: list, sweeps: int = 200) -> dict:
+    """The search's correction before issue 23, kept as the bias line's baseline: every genome a
+    fixed effect, y = mu_g + beta_u by alternating means, beta averaging 0 over ``reference``."""
+    genomes = [g for g, row in table.items() if row]
+    units = sorted({u for g in genomes for u in table[g]})
+    beta, mu = dict.fromkeys(units, 0.0), {}
+    for _ in range(sweeps):
+        mu = {g: np.mean([y - beta[u] for u, y in table[g].items()]) for g in genomes}
+        new = {u: np.mean([table[g][u] - mu[g] for g in genomes if u in table[g]]) for u in units}
+        shift = np.mean([new[u] for u in reference])
+        beta = {u: b - shift for u, b in new.items()}
+    return {g: float(np.mean([y - beta[u] for u, y in table[g].items()])) for g in genomes}
+
+
+def seed_correction_bias(correct, effect: float, races: int = 200, genomes: int = 40,
+                         seed: int = 0) -> tuple[float, float]:
+    """Mean adjusted-minus-true fitness (unit sd 1) of the unpromoted and the promoted genomes of
+    ``races`` races of equal genomes: rung 0 is unit 0 (seed effect ``effect``), the top half by
+    its score get units 1 and 2. True fitness is on the top rung's scale: effect / 3."""
+    rng = np.random.default_rng(seed)
+    unpromoted, promoted = [], []
+    for _ in range(races):
+        first = rng.normal(effect, 1.0, genomes)
+        up = set(np.argsort(-first)[: genomes // 2].tolist())
+        table = {g: {0: first[g]} | ({1: rng.normal(), 2: rng.normal()} if g in up else {})
+                 for g in range(genomes)}
+        for g, value in correct(table, [0, 1, 2]).items():
+            (promoted if g in up else unpromoted).append(value - effect / 3)
+    return float(np.mean(unpromoted)), float(np.mean(promoted))
+
+
+def print_seed_correction_bias(races: int) -> None:
+    for name, fn in (("seed-correction bias", adjusted_means), ("  fixed effects (before)", fixed_effects_means)):
+        x, y = seed_correction_bias(fn, 0.0, races)
+        x5, y5 = seed_correction_bias(fn, 0.5, races)
+        print(f"{name}: {x:+.3f} (unpromoted), {y:+.3f} (promoted); with a +0.5 sd seed effect on rung 0: "
+              f"{x5:+.3f}, {y5:+.3f}   [{races} races of 40 equal genomes, unit sds]")
+    x, y = seed_correction_bias(adjusted_means, 0.0, races)
+    met = "met" if max(abs(x), abs(y)) <= 0.1 else "not met"
+    print(f"goal: |bias| <= 0.1 for both: {met}\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=20, help="search seeds per method")
@@ -227,9 +276,11 @@ def main() -> None:
     rungs = [int(x) for x in args.rungs.split(",")]
     spreads, source = measured_spreads() if args.spreads == "cache" else (
         dict(DEFAULTS), "the defaults (measured; see DEFAULTS)")
+    print_seed_correction_bias(50 if args.quick else 200)
     store = tempfile.mkdtemp(prefix="search-quality-")  # the driver opens a tracker; none of it is kept
     base = load_config(CONFIG, [
-        f"tracking.uri=sqlite:///{store}/mlflow.db",
+        f"tracking.uri=sqlite:///{store}/mlflow.db", "tasks.readout=finetune", "proxy.slice_seeds=[0]",
+        "search.racing.slices=null",
         "search.allow_zero=true", "search.monotone=false", "search.fix_last=false",
         f"search.population={args.population}", f"search.generations={args.generations}",
         f"tasks.finetune.seeds={list(range(rungs[-1]))}", f"search.racing.seeds={rungs}",

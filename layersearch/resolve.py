@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from layersearch.config import Config
+from layersearch.fitness.stats import VERDICTS
 from layersearch.mapping import (
     HEURISTICS,
     Mapping,
@@ -28,7 +29,6 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 MAPPING_SOURCE_TAG = "layersearch.mapping_source"
 SEARCH_RUN_TAG = "layersearch.search_run"
 VERDICT_TAG = "layersearch.verdict"
-VERDICTS = ("better", "worse", "indistinguishable")  # as fitness.stats words them
 
 
 def mapping_from_run(run_id: str, cfg: Config) -> Mapping:

@@ -30,6 +30,12 @@ def quickstart_raw(shared_data, tmp_path) -> dict:
     raw["tasks"]["source"] = str(shared_data / "glue")
     raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw["distill"]["output_dir"] = str(tmp_path / "student")
+    # The mechanics tests' proxy: the fine-tune readout on one slice, raced over fine-tune seeds,
+    # cheaper than the shipped agreement readout on 3 slices and what their assertions count;
+    # tests of the shipped settings load configs/quickstart.yaml as it is.
+    raw["tasks"]["readout"] = "finetune"
+    raw["proxy"]["slice_seeds"] = [0]
+    raw["search"]["racing"] = {"seeds": [1, 3], "reduction": 2}
     return raw
 
 

@@ -55,14 +55,13 @@ def report(tracker, run_id: str, comparisons: list, reference, others: list, gai
     console.print(table)
     for c in comparisons:
         console.print(c.text(), highlight=False, soft_wrap=True)
-    if any(not c.estimate.seed_noise_measured for c in comparisons):
-        if readout == "finetune":
-            console.print("[yellow]one fine-tune seed per mapping: seed noise is not measured, so nothing is "
-                          "called better or worse; add seeds, e.g. --set 'tasks.finetune.seeds=[0,1,2]'[/]")
-        else:  # a deterministic readout has one unit per distillation run
-            console.print(f"[yellow]one proxy slice per mapping: with the {readout} readout a unit is "
-                          "one distillation run, and the spread between runs is not measured, so nothing is "
-                          "called better or worse; add slices, e.g. --set 'proxy.slice_seeds=[0,1,2]'[/]")
+    if any(not c.estimate.about_the_mapping for c in comparisons):
+        console.print("[yellow]one distillation run per mapping: each difference is about these students, "
+                      "not their mappings (the spread between distillation runs is not measured), so no "
+                      "verdict is given; add proxy slices, e.g. --set 'proxy.slice_seeds=[0,1]'[/]")
+    elif any(not c.estimate.seed_noise_measured for c in comparisons):
+        console.print("[yellow]one unit per mapping: seed noise is not measured, so nothing is called "
+                      "better or worse; add seeds, e.g. --set 'tasks.finetune.seeds=[0,1,2]'[/]")
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, tags)
     tracker.log_dict(run_id, [c.to_dict() for c in comparisons], "comparisons.json")

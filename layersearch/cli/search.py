@@ -177,16 +177,25 @@ def say_verdict(best, versus, winner_is_uniform: bool = False) -> None:
                           + ",".join(map(str, best.mapping.genes)), highlight=False)
         return
     e = versus.estimate
+    if not e.about_the_mapping:
+        console.print(f"[bold]verdict:[/] none. This student {best.mapping} minus uniform's: {e.mean:+.4f} "
+                      f"fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}] over {e.units} paired seed(s)",
+                      highlight=False, soft_wrap=True)
+        console.print("  each mapping was distilled once (one proxy slice), so the spread between "
+                      "distillation runs is not measured and the difference is about these two students, "
+                      "not their mappings; a verdict needs 2 or more slices (proxy.slice_seeds)")
+        return
     words = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
     console.print(f"[bold]verdict:[/] {best.mapping} is [bold]{words[versus.verdict]}[/] uniform: "
                   f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], "
-                  f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s)", highlight=False, soft_wrap=True)
+                  f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s) from {e.distillation_runs} "
+                  "distillation runs", highlight=False, soft_wrap=True)
     console.print("  (p is Holm-corrected over every mapping that reached every seed, since the winner was "
-                  "chosen among them on these same seeds; the interval is not adjusted, and the difference "
-                  "itself still carries the winner's luck)")
+                  "chosen among them on these same seeds; the interval is the raw one, not adjusted for that "
+                  "choice: it carries the winner's luck, and may exclude 0 where the verdict does not)")
     if versus.verdict == "indistinguishable":
-        console.print("  at this budget the search cannot tell its winner from uniform; more seeds "
-                      "(tasks.finetune.seeds) or a larger proxy budget would narrow the interval")
+        console.print("  at this budget the search cannot tell its winner from uniform; more proxy slices "
+                      "(proxy.slice_seeds) or a larger proxy budget would narrow the interval")
 
 
 def _children(tracker, run_id: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from layersearch.errors import UserError
 from layersearch.fitness.record import Evaluation, unpack_labels
-from layersearch.fitness.stats import Estimate, fitness_estimate, holm, paired_difference, task_score, verdict
+from layersearch.fitness.stats import Estimate, family_verdicts, fitness_estimate, paired_difference, task_score
 
 
 class PairingError(UserError):
@@ -83,8 +83,12 @@ class Comparison:
 
     def text(self) -> str:
         e = self.estimate
+        if not e.about_the_mapping:  # one distillation run each: a fact about these two students
+            return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}] for this "
+                    f"student ({e.units} paired seeds, 1 distillation run each) -> {self.verdict}")
         return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}], "
-                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired seeds) -> {self.verdict}")
+                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired seeds, {e.distillation_runs} distillation "
+                f"runs) -> {self.verdict}")
 
 
 def _paired(ref: Evaluation, other: Evaluation, names: list[str], same_spec: bool = True) -> list[str]:
@@ -119,9 +123,8 @@ def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluatio
         estimates.append(paired_difference(
             {t: ref.predictions(t, units) for t in names}, {t: ev.predictions(t, units) for t in names},
             labels, w, groups=[ref.units[u]["slice_seed"] for u in units]))
-    adjusted = holm([e.p_value for e in estimates])
-    return [Comparison(label, ref_label, e, p, verdict(e, p))
-            for (label, _), e, p in zip(others, estimates, adjusted, strict=True)]
+    return [Comparison(label, ref_label, e, p, word)
+            for (label, _), e, (p, word) in zip(others, estimates, family_verdicts(estimates), strict=True)]
 
 
 GAIN_WORDS = ("positive", "none", "negative")

@@ -11,23 +11,27 @@ A unit's fitness is the weighted mean over tasks of its chance-corrected score
 (Matthews correlation). The fitness is the mean over units; its uncertainty
 has two sources that this module adds up:
 
-1. seed noise: which students the seeds happened to train. Estimated from the
-   spread of unit fitnesses; units that share a proxy slice are nested in it,
-   so when the slice means differ by clearly more than their units explain
-   (F test at the 25% level, Bancroft's pooling rule) the variance comes from
-   the slice means, and otherwise from every unit pooled.
+1. seed noise: which students the distillation runs and fine-tune seeds
+   happened to train. Units that share a proxy slice (one distillation run)
+   are nested in it. With two or more runs, the variance of the mean comes
+   from the spread of the run means (weighted as the mean weights them), with
+   runs - 1 degrees of freedom: the spread between distillation runs is in
+   every interval, and a verdict is about the mapping. With one run it comes
+   from the units' spread, and is about *this student*: no verdict is given.
 2. the finite dev set: which examples the task's dev split happened to hold.
    Estimated by a bootstrap over dev examples, the same resample for every
    unit (and, in a comparison, for both systems: that is the pairing). The
-   spread of unit fitnesses already holds each unit's own seed-by-example
-   noise, so only what units share is taken from the bootstrap: the mean
-   covariance between units' bootstrap values, (U V - v) / (U - 1), where V is
-   the variance of the bootstrapped mean and v the units' mean own variance.
+   spread of the run means already holds what each run's units do not share
+   with other runs, so only the part every run shares is added: the mean
+   bootstrap covariance between units of different runs (with one run, of
+   different units).
 
-The two variances add; the interval and the test use Student's t with
-Welch-Satterthwaite degrees of freedom (the bootstrap part counts as known).
-With one unit the seed noise is not measured: the interval covers the dev set
-only, and no comparison is called better or worse.
+The two variances add, and the sum is never below the bootstrap variance of
+the mean (the dev-set noise alone, a floor no spread estimate may undercut:
+two units with equal scores and errors on different examples are not exact).
+The interval and the test use Student's t with the seed estimate's degrees of
+freedom (a spread from 2 runs has 1, however small it happened to be). With
+one unit the seed noise is not measured: the interval covers the dev set only.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from scipy import stats as sps
 LEVEL = 0.95
 BOOTSTRAP = 1000
 SLICE_POOLING_LEVEL = 0.75
-VERDICTS = ("better", "worse", "indistinguishable")
+NO_VERDICT = "no verdict"  # one distillation run: the difference is about this student, not the mapping
+VERDICTS = ("better", "worse", "indistinguishable", NO_VERDICT)
 
 
 # --- chance-corrected scores ---------------------------------------------------
@@ -105,6 +110,7 @@ class Estimate:
     dev_se: float  # standard error from the finite dev set
     df: float  # degrees of freedom of the t interval (inf: dev set only)
     p_value: float  # two-sided, against a true value of 0
+    runs: int | None = None  # distillation runs behind the units (None: each unit its own)
 
     @property
     def half_width(self) -> float:
@@ -114,40 +120,49 @@ class Estimate:
     def seed_noise_measured(self) -> bool:
         return self.units >= 2
 
+    @property
+    def distillation_runs(self) -> int:
+        return self.units if self.runs is None else self.runs
+
+    @property
+    def about_the_mapping(self) -> bool:
+        """Two or more distillation runs: the spread between them is measured, so the
+        interval is about the mapping; with one it is about this one student."""
+        return self.distillation_runs >= 2
+
     def to_dict(self) -> dict:
         """Plain JSON: an unmeasured or unbounded value is null."""
         out = {}
         for k in ("mean", "low", "high", "units", "seed_se", "dev_se", "df", "p_value"):
             v = getattr(self, k)
             out[k] = v if isinstance(v, int) or math.isfinite(v) else None
+        out["runs"] = self.distillation_runs
         return out
 
 
-def _seed_variance(unit_values: np.ndarray, groups: Sequence | None) -> tuple[float, float]:
+def _run_keys(groups: Sequence | None, u: int) -> np.ndarray:
+    """Each unit's distillation run as an index; ``None``: every unit is a run of its own."""
+    if groups is None:
+        return np.arange(u)
+    keys = {k: i for i, k in enumerate(sorted(set(groups)))}
+    return np.array([keys[g] for g in groups])
+
+
+def _seed_variance(unit_values: np.ndarray, runs: np.ndarray) -> tuple[float, float]:
     """Variance of the mean of ``unit_values`` over seeds, and its degrees of freedom.
 
-    ``groups`` names each unit's proxy slice. Units nested in slices: the
-    variance of the grand mean is var(slice means) / slices, unless the slice
-    means vary less than units within a slice do, when all units are pooled.
+    With two or more distillation runs: the spread of the run means, each
+    weighted by its share of units as the mean weights it (balanced: var / runs),
+    on runs - 1 degrees of freedom. With one run: the units' spread, u - 1.
     """
     u = len(unit_values)
-    pooled = float(np.var(unit_values, ddof=1)) / u
-    if groups is None or len(set(groups)) < 2:
-        return pooled, u - 1.0
-    keys = sorted(set(groups))
-    means = np.array([unit_values[[g == k for g in groups]].mean() for k in keys])
-    sizes = np.array([sum(g == k for g in groups) for k in keys])
-    within = sum(float(((unit_values[[g == k for g in groups]] - m) ** 2).sum())
-                 for k, m in zip(keys, means, strict=True))
-    within_df = int(sizes.sum() - len(keys))
-    ms_within = within / within_df if within_df else 0.0
-    # Mean square between slices, per unit: (units per slice) x var(slice means).
-    ms_between = float(np.var(means, ddof=1)) * float(sizes.mean())
-    # Pool unless slices clearly differ: a lower bar would swing the interval
-    # between df = slices - 1 and df = units - 1 on noise alone.
-    if ms_within == 0 or ms_between / ms_within > sps.f.ppf(SLICE_POOLING_LEVEL, len(keys) - 1, within_df):
-        return float(np.var(means, ddof=1)) / len(keys), len(keys) - 1.0
-    return pooled, u - 1.0
+    k = int(runs.max()) + 1
+    if k < 2:
+        return float(np.var(unit_values, ddof=1)) / u, u - 1.0
+    sizes = np.bincount(runs, minlength=k).astype(np.float64)
+    means = np.bincount(runs, weights=unit_values, minlength=k) / sizes
+    share = sizes / sizes.sum()
+    return float(np.var(means, ddof=1)) * float((share**2).sum()), k - 1.0
 
 
 def _bootstrap_counts(n: int, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -177,31 +192,29 @@ def _estimate(unit_fn, labels: dict[str, np.ndarray], groups: Sequence | None,
     values = np.asarray(unit_fn(None), dtype=np.float64)
     u = len(values)
     mean = float(values.mean())
+    runs = _run_keys(groups, u)
     counts = _shared_counts(tuple((t, len(y)) for t, y in sorted(labels.items())), reps, seed)
     boot = np.asarray(unit_fn(counts), dtype=np.float64)  # [B, U]
-    mean_var = float(np.var(boot.mean(axis=1), ddof=1))
+    floor = float(np.var(boot.mean(axis=1), ddof=1))  # the dev set's noise of the mean, all of it
     if u >= 2:
-        # Only the dev-set noise the units share; their own part is in the seed spread.
-        own = float(np.var(boot, axis=0, ddof=1).mean())
-        dev_var = max(0.0, (u * mean_var - own) / (u - 1))
+        seed_var, df = _seed_variance(values, runs)
+        # Only the dev-set noise the runs share (with one run: the units); the rest is in the spread.
+        cov = np.cov(boot, rowvar=False, ddof=1)
+        apart = runs[:, None] != runs[None, :] if runs.max() > 0 else ~np.eye(u, dtype=bool)
+        dev_var = max(0.0, float(cov[apart].mean()))
     else:
-        dev_var = mean_var
-    if u >= 2:
-        seed_var, seed_df = _seed_variance(values, groups)
-    else:
-        seed_var, seed_df = 0.0, math.inf
-    total = seed_var + dev_var
-    if total <= 0:
-        return Estimate(mean, mean, mean, u, math.sqrt(seed_var) if u >= 2 else math.nan, 0.0, math.inf,
-                        1.0 if mean == 0 else 0.0)
-    # Welch-Satterthwaite: the bootstrap variance counts as known (infinite df).
-    df = math.inf if seed_var == 0 else total**2 / (seed_var**2 / seed_df)
+        seed_var, df, dev_var = 0.0, math.inf, floor  # one unit: the dev set is all that is measured
+    total = max(seed_var + dev_var, floor)
+    run_count = int(runs.max()) + 1
+    seed_se = math.sqrt(seed_var) if u >= 2 else math.nan
+    if total <= 0:  # every resample scores every unit the same: nothing to test against
+        return Estimate(mean, mean, mean, u, seed_se, 0.0, df, 1.0, run_count)
     se = math.sqrt(total)
-    q = float(sps.t.ppf(0.5 + level / 2, df)) if math.isfinite(df) else float(sps.norm.ppf(0.5 + level / 2))
-    tstat = abs(mean) / se
-    p = float(2 * (sps.t.sf(tstat, df) if math.isfinite(df) else sps.norm.sf(tstat)))
-    return Estimate(mean, mean - q * se, mean + q * se, u,
-                    math.sqrt(seed_var) if u >= 2 else math.nan, math.sqrt(dev_var), df, min(1.0, p))
+    dist = sps.t(df) if math.isfinite(df) else sps.norm()
+    q = float(dist.ppf(0.5 + level / 2))
+    p = float(2 * dist.sf(abs(mean) / se))
+    return Estimate(mean, mean - q * se, mean + q * se, u, seed_se, math.sqrt(total - seed_var), df,
+                    min(1.0, p), run_count)
 
 
 def _unit_fitness(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray], weights: dict[str, float],
@@ -272,9 +285,18 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def verdict(estimate: Estimate, adjusted_p: float, alpha: float = 1 - LEVEL) -> str:
     """``better``/``worse`` when the (adjusted) test rejects no difference, else ``indistinguishable``.
 
-    Without measured seed noise (one unit) a difference is never called: a
-    single fine-tune seed is the lucky draw this tool exists to see through.
+    A difference is called only when it is about the mapping: two or more
+    distillation runs, so that their spread is in the interval. With one, the
+    interval is about this student (one lucky or unlucky run): ``no verdict``.
     """
+    if not estimate.about_the_mapping:
+        return NO_VERDICT
     if not estimate.seed_noise_measured or adjusted_p >= alpha:
         return "indistinguishable"
     return "better" if estimate.mean > 0 else "worse"
+
+
+def family_verdicts(estimates: Sequence[Estimate], alpha: float = 1 - LEVEL) -> list[tuple[float, str]]:
+    """(Holm-adjusted p, verdict) for each of a family of comparisons made together."""
+    adjusted = holm([e.p_value for e in estimates])
+    return [(p, verdict(e, p, alpha)) for e, p in zip(estimates, adjusted, strict=True)]

@@ -36,7 +36,8 @@ from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
 from layersearch.search.ga import FAILED, GAState, GeneticSearch, update_hall_of_fame
 from layersearch.search.progress import Progress, Work
-from layersearch.search.racing import Ladder, Score, adjusted_means, race
+from layersearch.search.racing import Ladder, Score, race
+from layersearch.search.selection import adjusted_means, choose_winner, elites_to_promote, final_race_entrants
 from layersearch.tracking import Tracker, flatten, log_evaluation
 
 CHECKPOINT = "ga_state.json"
@@ -50,6 +51,11 @@ Genome = tuple[int, ...]
 
 class ResumeError(UserError):
     pass
+
+
+# What the winner's exported intervals are (fitness_ci, versus_uniform, the winner_minus_uniform metrics).
+RAW_INTERVALS = ("raw: not adjusted for choosing the winner on these units (upward-biased); "
+                 "the verdict's p is Holm-corrected over the finalists")
 
 
 @dataclass
@@ -360,7 +366,7 @@ class SearchDriver:
 
     def _adjusted(self, state: GAState) -> dict[Genome, float | None]:
         """The GA's fitness for every genome of this search: its mean over every unit it
-        holds, corrected for the units' shared effects (racing.adjusted_means), so genomes
+        holds, corrected for the units' shared effects (selection.adjusted_means), so genomes
         raced to different rungs rank fairly; None for a failure."""
         from layersearch.fitness.aggregate import unit_fitness
 
@@ -398,11 +404,10 @@ class SearchDriver:
         while True:
             scored = [(tuple(g), f) for g, f in zip(state.population, state.fitness, strict=True)]
             hof = update_hall_of_fame(state.hall_of_fame, scored, self.cfg.search.hall_of_fame)
-            below = [g for g, f in hof if f != FAILED and self._rung_of(self._mapping(g)) < top]
-            if any(g in tried for g in below):  # a promotion that failed for a transient reason
+            below, stuck = elites_to_promote(hof, lambda g: self._rung_of(self._mapping(g)), top, tried, FAILED)
+            if stuck:  # a promotion that failed for a transient reason
                 self.on_event("warning", self.progress, {"message": "could not promote "
-                              f"{[list(g) for g in below if g in tried]} to every seed; it keeps its score"})
-                below = [g for g in below if g not in tried]
+                              f"{[list(g) for g in stuck]} to every seed; it keeps its score"})
             if not below:
                 return
             tried.update(below)
@@ -412,14 +417,10 @@ class SearchDriver:
 
     def _final_race_mappings(self, state: GAState) -> list[Mapping]:
         """The search's top mappings (by their standing) and the heuristics, uniform first."""
-        n = self.cfg.search.final_race
-        if n == 0:
-            return []
-        scored = dict(state.archive) | dict(state.hall_of_fame)
-        top = sorted((g for g, f in scored.items() if f is not None and f != FAILED), key=lambda g: -scored[g])[:n]
-        heuristics = [self._uniform()] + [self._mapping(g) for g in self.space.heuristic_genomes()]
-        out = list(dict.fromkeys(heuristics + [self._mapping(g) for g in top]))
-        return out
+        standing = dict(state.archive) | dict(state.hall_of_fame)
+        heuristics = [self.space.genome(self._uniform()), *self.space.heuristic_genomes()]
+        entrants = final_race_entrants(standing, self.cfg.search.final_race, heuristics, FAILED)
+        return [self._mapping(g) for g in entrants]
 
     def _final_race(self, state: GAState) -> None:
         """Race the top mappings and the heuristics at the top rung (post-selection)."""
@@ -434,15 +435,14 @@ class SearchDriver:
 
     def _winner(self) -> Mapping | None:
         """The best mean among the mappings that reached the top rung."""
-        best, best_fit = None, None
-        for key in sorted(set(self.evaluations) | set(self.children)):
+        means = {}
+        for key in set(self.evaluations) | set(self.children):
             mapping = Mapping.from_key(key)
-            if self._rung_of(mapping) < self.ladder.top:
-                continue
-            score, _ = self._score(mapping, self.ladder.top)
-            if score.ok and (best_fit is None or score.mean > best_fit):
-                best, best_fit = mapping, score.mean
-        return best
+            if self._rung_of(mapping) >= self.ladder.top:
+                score, _ = self._score(mapping, self.ladder.top)
+                means[key] = score.mean if score.ok else None
+        best = choose_winner(means)
+        return None if best is None else Mapping.from_key(best)
 
     def _finish(self, parent: str, mapping: Mapping | None) -> tuple[Evaluation | None, object]:
         """Log the winner and its paired comparison with uniform; returns both."""
@@ -454,7 +454,11 @@ class SearchDriver:
         versus = self._versus_uniform(ev)
         extra = {}
         if ev is not None and ev.fitness_ci_low is not None:
-            extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds)
+            # The winner was chosen for a high score on these same units, so its interval and its
+            # difference from uniform are raw: upward-biased, and said so wherever they go.
+            extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds,
+                         intervals=RAW_INTERVALS)
+            self.tracker.set_tags(parent, {"layersearch.winner_intervals": RAW_INTERVALS})
         if mapping == self._uniform():
             # Nothing beat uniform: the winner is uniform itself, a difference of 0 by definition.
             extra.update(verdict="indistinguishable", winner_is_uniform=True)

@@ -140,41 +140,6 @@ class Ladder:
         return distills, units
 
 
-def adjusted_means(table: dict[Hashable, dict[Hashable, float]], reference: Sequence[Hashable],
-                   sweeps: int = 200, tol: float = 1e-12) -> dict[Hashable, float]:
-    """Each genome's mean freed of its units' shared effects, so genomes scored on
-    different seeds can be ranked together.
-
-    Fine-tune seeds are shared by every mapping, and some are easier than others
-    (the same seed draws the same head init and data order for all): a mapping
-    scored on one easy seed would outrank mappings scored on all of them. Fit
-    y[g, u] = mu_g + beta_u by least squares (alternating means, which converge on
-    any connected design) with the unit effects averaging 0 over ``reference``
-    (the top rung's units that have data), so a genome holding exactly those
-    units keeps its plain mean and the others are put on the same scale.
-    """
-    genomes = [g for g, row in table.items() if row]
-    if not genomes:
-        return {}
-    units = sorted({u for g in genomes for u in table[g]}, key=str)
-    ref = [u for u in reference if u in units] or units
-    beta = dict.fromkeys(units, 0.0)
-    mu: dict[Hashable, float] = {}
-    for _ in range(sweeps):
-        mu = {g: sum(y - beta[u] for u, y in table[g].items()) / len(table[g]) for g in genomes}
-        new = {}
-        for u in units:
-            rows = [table[g][u] - mu[g] for g in genomes if u in table[g]]
-            new[u] = sum(rows) / len(rows)
-        shift = sum(new[u] for u in ref) / len(ref)
-        new = {u: b - shift for u, b in new.items()}
-        moved = max((abs(new[u] - beta[u]) for u in units), default=0.0)
-        beta = new
-        if moved < tol:
-            break
-    return {g: sum(y - beta[u] for u, y in table[g].items()) / len(table[g]) for g in genomes}
-
-
 def promote(scores: dict[Hashable, Score], reduction: float) -> list[Hashable]:
     """The candidates of a rung that go up: at most ceil(n / reduction), best mean first.
 

@@ -71,7 +71,7 @@ def test_confirm_distils_scores_pairs_logs_and_caches(confirm_config, monkeypatc
     assert len(_kind(children, "init-baseline")) == 2
     assert {r.data.tags["distillation_gain"] for r in finals} <= {"positive", "none", "negative"}
     tags, metrics = confirm.data.tags, confirm.data.metrics
-    assert tags["verdict/1-2-3"] in ("better", "worse", "indistinguishable")
+    assert tags["verdict/1-2-3"] == "no verdict"  # one distillation seed: these two students, not mappings
     assert metrics["diff_ci_low/1-2-3"] <= metrics["diff/1-2-3"] <= metrics["diff_ci_high/1-2-3"]
     assert tags["distillation_gain/1-2-3"] in ("positive", "none", "negative")
 

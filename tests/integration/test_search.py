@@ -293,7 +293,9 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
     assert len(records["6_2-4-6"].units) == 3
     client, kids = children(raw, result.run_id)
     parent = client.get_run(result.run_id)
-    assert parent.data.tags["verdict"] in ("better", "indistinguishable", "worse")
+    # One proxy slice: each mapping was distilled once, so the difference is about these students.
+    assert parent.data.tags["verdict"] == "no verdict"
+    assert parent.data.tags["layersearch.winner_intervals"].startswith("raw")
     assert {"winner_minus_uniform", "winner_minus_uniform_ci_low", "winner_minus_uniform_ci_high"} <= set(
         parent.data.metrics)
     e = result.versus_uniform.estimate

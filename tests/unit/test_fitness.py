@@ -197,10 +197,17 @@ def test_weights_change_the_fitness():
 def test_comparison_pairs_units_and_refuses_other_specs():
     from layersearch.fitness import PairingError
 
-    ref = summarize(record(wrong=2, units=((0, 0), (0, 1), (0, 2))), ["a", "b"])
-    other = summarize(record((1, 5, 6), wrong=12, units=((0, 0), (0, 1), (0, 2))), ["a", "b"])
+    # Three slices (distillation runs) with a fine-tune seed each: a verdict about the mapping.
+    units = ((0, 0), (1, 0), (2, 0))
+    ref = summarize(record(wrong=2, units=units), ["a", "b"])
+    other = summarize(record((1, 5, 6), wrong=12, units=units), ["a", "b"])
     (c,) = compare(("uniform", ref), [("x", other)], ["a", "b"])
     assert c.estimate.mean < 0 and c.estimate.units == 3 and c.verdict == "worse"
+    # The same units from one slice: three fine-tunes of one student each, so no verdict.
+    one = ((0, 0), (0, 1), (0, 2))
+    (c,) = compare(("uniform", summarize(record(wrong=2, units=one), ["a", "b"])),
+                   [("x", summarize(record((1, 5, 6), wrong=12, units=one), ["a", "b"]))], ["a", "b"])
+    assert c.estimate.low < c.estimate.high < 0 and c.verdict == "no verdict" and "this student" in c.text()
     with pytest.raises(PairingError, match="different proxy specs"):
         compare(("uniform", ref), [("x", record(spec="spec2"))], ["a", "b"])
 

@@ -115,3 +115,13 @@ def test_broken_bert_base_recipe_fails_before_training_with_one_line(override, t
     assert len(lines) == 1, lines
     for word in BROKEN[override]:
         assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_can_reach_a_verdict(path):
+    """A verdict is about a mapping only with 2+ distillation runs per mapping: the top rung, where
+    the final race and the verdict happen, must hold at least two proxy slices."""
+    from layersearch.search.racing import Ladder
+
+    ladder = Ladder.of(load_config(path))
+    assert len({s for s, _ in ladder.units(ladder.top)}) >= 2
