@@ -54,10 +54,11 @@ def layer_usage(populations: list[list[list[int]]], num_teacher_layers: int,
 
 
 def verdict(winner: dict[str, float], uniform: dict[str, float], diff: tuple[float, float, float],
-            word: str, winner_label: str, path: str | Path) -> Path:
+            word: str, winner_label: str, path: str | Path, role: str = "Winner") -> Path:
     """The search's answer as a picture: each unit's fitness for the winner and for uniform,
     paired by a line (same slice, seed and dev examples), and beside it the paired difference
-    with its 95% interval against the zero line. ``diff`` is (mean, low, high)."""
+    with its 95% interval against the zero line. ``diff`` is (mean, low, high). ``role`` names
+    the mapping in the title ("Runner-up" where uniform itself won)."""
     units = [u for u in uniform if u in winner]
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.6), dpi=120, gridspec_kw={"width_ratios": [2, 1]})
     for u in units:
@@ -82,7 +83,7 @@ def verdict(winner: dict[str, float], uniform: dict[str, float], diff: tuple[flo
     right.set_ylim(-span, span)
     right.set_ylabel("difference, 95% interval")
     right.set_title(word)
-    fig.suptitle(f"Winner {winner_label} against uniform: {mean:+.4f} [{low:+.4f}, {high:+.4f}]", fontsize=10)
+    fig.suptitle(f"{role} {winner_label} against uniform: {mean:+.4f} [{low:+.4f}, {high:+.4f}]", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -150,7 +150,7 @@ def search(config: ConfigArg,
         _download_best(Tracker(cfg.tracking), result.run_id, export_to)
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
-    say_verdict(result.best, result.versus_uniform, result.winner_is_uniform)
+    say_verdict(result.best, result.versus_uniform, result.winner_is_uniform, result.runner_up)
     console.print(f"  {fidelity_text(cfg.proxy.evidence)}", highlight=False, soft_wrap=True)
     if result.gain is not None:
         from layersearch.fitness.aggregate import gain_text
@@ -166,11 +166,17 @@ def fidelity_text(evidence) -> str:
     return evidence.text()
 
 
-def say_verdict(best, versus, winner_is_uniform: bool = False) -> None:
+def say_verdict(best, versus, winner_is_uniform: bool = False, runner_up=None) -> None:
     """The search's answer in plain words: the winner against TinyBERT's uniform mapping."""
     if versus is None:
         if winner_is_uniform:
             console.print(f"[bold]verdict:[/] the winner is the uniform mapping {best.mapping} itself")
+            if runner_up is not None:  # how clear the win is
+                e = runner_up.estimate
+                console.print(f"  the runner-up {runner_up.label} minus uniform: {e.mean:+.4f} [{e.low:+.4f}, "
+                              f"{e.high:+.4f}], p = {runner_up.p_adjusted:.3g} (Holm, {e.units} paired units, "
+                              f"{e.distillation_runs} distillation run(s)) -> {runner_up.verdict}",
+                              highlight=False, soft_wrap=True)
         else:
             console.print("[bold]verdict:[/] no comparable record of uniform in this search (not evaluated, "
                           "or failed); compare with layersearch compare CONFIG -m uniform -m "

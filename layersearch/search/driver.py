@@ -69,6 +69,8 @@ class SearchResult:
     strategy: str = "ga"
     winner_is_uniform: bool = False
     gain: object = None  # the winner's distillation gain over its init (a stats.Estimate), if measured
+    # When uniform itself wins: the runner-up against it (a fitness.Comparison), how clear the win is.
+    runner_up: object = None
 
 
 class SearchDriver:
@@ -100,6 +102,7 @@ class SearchDriver:
         self.evaluations: dict[str, Evaluation] = {}  # this search's fullest record by mapping key
         self.ran = 0
         self.gain = None
+        self.runner_up = None
 
     # --- genomes, rungs, standings ------------------------------------------------
     def _mapping(self, genome) -> Mapping:
@@ -418,7 +421,7 @@ class SearchDriver:
     def _final_race_mappings(self, state: GAState) -> list[Mapping]:
         """The search's top mappings (by their standing) and the heuristics, uniform first."""
         standing = dict(state.archive) | dict(state.hall_of_fame)
-        heuristics = [self.space.genome(self._uniform()), *self.space.heuristic_genomes()]
+        heuristics = [tuple(g) for g in (self.space.genome(self._uniform()), *self.space.heuristic_genomes())]
         entrants = final_race_entrants(standing, self.cfg.search.final_race, heuristics, FAILED)
         return [self._mapping(g) for g in entrants]
 
@@ -433,15 +436,19 @@ class SearchDriver:
         self._score_at([self.space.genome(m) for m in entrants], self.ladder.top)
         self._rescore(state)
 
-    def _winner(self) -> Mapping | None:
-        """The best mean among the mappings that reached the top rung."""
+    def _top_means(self) -> dict[str, float | None]:
+        """Each mapping that reached the top rung: its mean there (None for a failure)."""
         means = {}
         for key in set(self.evaluations) | set(self.children):
             mapping = Mapping.from_key(key)
             if self._rung_of(mapping) >= self.ladder.top:
                 score, _ = self._score(mapping, self.ladder.top)
                 means[key] = score.mean if score.ok else None
-        best = choose_winner(means)
+        return means
+
+    def _winner(self, exclude: str | None = None) -> Mapping | None:
+        """The best mean among the mappings that reached the top rung (other than ``exclude``)."""
+        best = choose_winner({k: v for k, v in self._top_means().items() if k != exclude})
         return None if best is None else Mapping.from_key(best)
 
     def _finish(self, parent: str, mapping: Mapping | None) -> tuple[Evaluation | None, object]:
@@ -465,6 +472,16 @@ class SearchDriver:
             self.tracker.set_tags(parent, {"verdict": "indistinguishable", "layersearch.winner_is_uniform": True})
             self.tracker.log_metrics(parent, {"winner_minus_uniform": 0.0, "winner_minus_uniform_ci_low": 0.0,
                                               "winner_minus_uniform_ci_high": 0.0})
+            # How clear the win is: the runner-up against uniform, paired and Holm-corrected over the
+            # same family, as a verdict would be; its plot stands where the verdict's would.
+            runner = self._winner(exclude=mapping.key)
+            runner_ev = self._evaluation_of(runner) if runner is not None else None
+            self.runner_up = self._versus_uniform(runner_ev)
+            if self.runner_up is not None:
+                extra["runner_up_versus_uniform"] = self.runner_up.to_dict()
+                self.tracker.set_tags(parent, {"layersearch.runner_up": str(runner),
+                                               "layersearch.runner_up_verdict": self.runner_up.verdict})
+                self._log_verdict_plot(parent, runner_ev, self.runner_up, "Runner-up")
         else:
             extra["verdict"] = versus.verdict if versus is not None else "no comparison"
         if versus is not None:
@@ -493,7 +510,7 @@ class SearchDriver:
         self.tracker.log_metrics(parent, metrics)
         return ev, versus
 
-    def _log_verdict_plot(self, parent: str, best: Evaluation, versus) -> None:
+    def _log_verdict_plot(self, parent: str, best: Evaluation, versus, role: str = "Winner") -> None:
         """``verdict.png`` on the search run: the winner's and uniform's units, paired, and the
         paired difference with its interval against zero."""
         from layersearch import plots
@@ -505,7 +522,7 @@ class SearchDriver:
         with tempfile.TemporaryDirectory() as tmp:
             self.tracker.log_artifact(parent, plots.verdict(
                 unit_fitness(best, names, weights), unit_fitness(ref, names, weights), (e.mean, e.low, e.high),
-                versus.verdict, str(best.mapping), Path(tmp) / "verdict.png"), "plots")
+                versus.verdict, str(best.mapping), Path(tmp) / "verdict.png", role), "plots")
 
     def _gain(self, parent: str, best: Evaluation | None):
         """The winner's distillation gain over its untouched init (``tasks.init_baseline``): the
@@ -641,4 +658,4 @@ class SearchDriver:
                 self.pool = None
         is_uniform = best is not None and best.mapping == self._uniform()
         return SearchResult(parent, best, state, self.ran, time.perf_counter() - began, versus, self.ga.strategy,
-                            is_uniform, self.gain)
+                            is_uniform, self.gain, self.runner_up)

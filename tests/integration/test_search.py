@@ -111,7 +111,7 @@ def test_search_logs_nested_children_and_best(quickstart_raw, tmp_path):
     assert {"best_mapping.json", "ga_state.json", "logbook.json", "hall_of_fame.json", "plots"} <= arts
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     # The verdict plot exactly when there is a paired verdict against uniform to draw.
-    drawn = {"plots/verdict.png"} if result.versus_uniform is not None else set()
+    drawn = {"plots/verdict.png"} if (result.versus_uniform or result.runner_up) is not None else set()
     assert plots == {"plots/fitness_by_generation.png", "plots/layer_usage.png"} | drawn
 
     # A second search with the same proxy spec reads everything from the cache.
@@ -283,11 +283,21 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
     held = sorted(len(ev.units) for ev in records.values())
     assert held[0] == 1 and held[-1] == 3  # some stopped at the first rung, some reached the top
     assert sum(held) < 3 * len(held)  # racing spent less than every seed on every mapping
-    # Elites re-scored: every hall-of-fame member holds every seed, and ranks by that score.
+    # Elites re-scored: every hall-of-fame member holds every seed, and ranks by its fitness from
+    # the selection-safe fit over every unit the search holds (search/selection.py): shrunk toward
+    # the mean alike for genomes with every unit, so in the order of their plain means.
+    from layersearch.fitness.aggregate import unit_fitness
+    from layersearch.search.selection import adjusted_means
+
+    table = {tuple(ev.genes): unit_fitness(ev, ["sst2", "mrpc"]) for ev in records.values() if ev.ok}
+    adjusted = adjusted_means(table, ["s0-f0", "s0-f1", "s0-f2"])
+    plain = []
     for genes, fitness in result.state.hall_of_fame:
         ev = records[Mapping(genes, 6).key.replace(":", "_")]
         assert len(ev.units) == 3
-        assert fitness == pytest.approx(summarize(ev, ["sst2", "mrpc"]).fitness)
+        assert fitness == pytest.approx(adjusted[tuple(genes)])
+        plain.append(summarize(ev, ["sst2", "mrpc"]).fitness)
+    assert plain == sorted(plain, reverse=True)
     # The winner and uniform were raced at the top rung; the parent carries the verdict.
     assert len(records[result.best.mapping.key.replace(":", "_")].units) == 3
     assert len(records["6_2-4-6"].units) == 3

@@ -23,6 +23,8 @@ def test_final_race_takes_the_heuristics_first_then_the_best_by_standing_each_on
     assert final_race_entrants(standing, 2, ["uniform", "last"], FAILED) == ["uniform", "last", "y"]
     assert final_race_entrants(standing, 3, ["uniform"], FAILED) == ["uniform", "y", "w"]
     assert final_race_entrants(standing, 0, ["uniform"], FAILED) == []
+    genomes = {(2, 4, 6): 0.4, (1, 2, 3): 0.5}  # the driver's genomes are tuples, hashable
+    assert final_race_entrants(genomes, 1, [(2, 4, 6)], FAILED) == [(2, 4, 6), (1, 2, 3)]
 
 
 def test_winner_is_the_best_top_rung_mean_ties_to_the_first_key():
