@@ -21,15 +21,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def quickstart_raw(shared_data, tmp_path) -> dict:
-    """The quickstart config as a dict, with absolute data paths and a private cache."""
+def quickstart_dict(data: Path, root: Path) -> dict:
+    """The quickstart config as a dict, with absolute data paths and its outputs under ``root``."""
     raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["corpus"]["paths"] = [str(shared_data / "corpus" / "wikitext103")]
-    raw["corpus"]["cache_dir"] = str(tmp_path / "cache")
-    raw["tasks"]["source"] = str(shared_data / "glue")
-    raw["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    raw["distill"]["output_dir"] = str(tmp_path / "student")
+    raw["corpus"]["paths"] = [str(data / "corpus" / "wikitext103")]
+    raw["corpus"]["cache_dir"] = str(root / "cache")
+    raw["tasks"]["source"] = str(data / "glue")
+    raw["tracking"]["uri"] = f"sqlite:///{root / 'mlflow.db'}"
+    raw["distill"]["output_dir"] = str(root / "student")
     # The mechanics tests' proxy: the fine-tune readout on one slice, raced over fine-tune seeds,
     # cheaper than the shipped agreement readout on 3 slices and what their assertions count;
     # tests of the shipped settings load configs/quickstart.yaml as it is.
@@ -37,6 +36,12 @@ def quickstart_raw(shared_data, tmp_path) -> dict:
     raw["proxy"]["slice_seeds"] = [0]
     raw["search"]["racing"] = {"seeds": [1, 3], "reduction": 2}
     return raw
+
+
+@pytest.fixture
+def quickstart_raw(shared_data, tmp_path) -> dict:
+    """The quickstart config as a dict, with absolute data paths and a private cache."""
+    return quickstart_dict(shared_data, tmp_path)
 
 
 @pytest.fixture

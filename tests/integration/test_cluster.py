@@ -10,7 +10,6 @@ product's own.
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
@@ -21,6 +20,7 @@ import fitness_double
 import pytest
 import ray
 import ray.cloudpickle
+from conftest import quickstart_dict
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
@@ -35,9 +35,12 @@ pytestmark = pytest.mark.slow
 SLOT = {"gpu_slot": 1}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    """A head without slots and two one-slot worker nodes; the test process is the driver."""
+    """A head without slots and two one-slot worker nodes; the test process is the driver.
+
+    One cluster for the module (starting one is most of a test's time here): ``workers`` is the
+    list of live slot nodes, and a test that replaces a lost node updates it."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         workers = [c.add_node(num_cpus=1, resources=SLOT) for _ in range(2)]
@@ -47,6 +50,19 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, shared_data, tmp_path_factory):
+    """The seeded search every test here runs, run once on the intact cluster: what a search that
+    loses a node must reproduce. Returns (raw, result, markers, the slot nodes it ran on)."""
+    _, workers = cluster
+    root = tmp_path_factory.mktemp("undisturbed")
+    raw = search_raw(quickstart_dict(shared_data, root), root)
+    markers = root / "markers"
+    driver = SearchDriver(parse_config(raw), fitness_double.factory(str(markers), delay=0.5),
+                          num_teacher_layers=6, pool_resources=SLOT)
+    return raw, driver.run(), markers, list(workers)
 
 
 def search_raw(quickstart_raw, tmp_path, **search):
@@ -86,13 +102,8 @@ def check_accounted_for(raw, result, markers):
     return kids
 
 
-def test_evaluations_spread_over_worker_nodes(cluster, quickstart_raw, tmp_path):
-    _, workers = cluster
-    raw = search_raw(quickstart_raw, tmp_path)
-    markers = tmp_path / "markers"
-    driver = SearchDriver(parse_config(raw), fitness_double.factory(str(markers), delay=0.5),
-                          num_teacher_layers=6, pool_resources=SLOT)
-    result = driver.run()
+def test_evaluations_spread_over_worker_nodes(undisturbed):
+    raw, result, markers, workers = undisturbed
     kids = check_accounted_for(raw, result, markers)
     assert len(list(markers.iterdir())) == result.evaluated  # no evaluation ran twice
     nodes = Counter(node_of(k) for k in kids)
@@ -104,7 +115,7 @@ def test_evaluations_spread_over_worker_nodes(cluster, quickstart_raw, tmp_path)
 # Abrupt: a lost host, the actor is first "unavailable" (ActorUnavailableError);
 # graceful: a drained or preempted node, the actor "died" (ActorDiedError).
 @pytest.mark.parametrize("graceful", [False, True], ids=["abrupt", "graceful"])
-def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path, graceful):
+def test_search_survives_losing_a_worker_node(cluster, undisturbed, quickstart_raw, tmp_path, graceful):
     c, workers = cluster
     raw = search_raw(quickstart_raw, tmp_path)
     markers = tmp_path / "markers"
@@ -150,6 +161,8 @@ def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path,
         recorded_before = set(recorded)
     c.remove_node(workers[0], allow_graceful=graceful)  # then capacity comes back:
     replacement = c.add_node(num_cpus=1, resources=SLOT)
+    lost, survivor = workers
+    workers[:] = [survivor, replacement]  # the cluster the next test gets
     deadline = time.monotonic() + 180
     while not any(p.name.startswith("held-") and p.name.removeprefix("held-") not in first_pids
                   for p in holds.iterdir()):
@@ -164,8 +177,7 @@ def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path,
     kids = check_accounted_for(raw, result, markers)
     # The evaluation running on the lost node came back as a retry, and ran elsewhere.
     assert events.count("retry") >= 1, Counter(events)
-    lost = workers[0].node_id[:8]
-    assert all(node_of(k) != lost for k in kids if k.data.params["mapping"] in retried)
+    assert all(node_of(k) != lost.node_id[:8] for k in kids if k.data.params["mapping"] in retried)
     names = [p.name for p in markers.iterdir()]
     twins = {n.split(".again-")[0] for n in names if ".again-" in n}
     assert len(twins) <= 1  # at most the one in flight on the lost node ran twice
@@ -174,15 +186,11 @@ def test_search_survives_losing_a_worker_node(cluster, quickstart_raw, tmp_path,
     # The replacement actor found the replacement node and took over from there.
     nodes = Counter(node_of(k) for k in kids)
     assert replacement.node_id[:8] in nodes, nodes
-    assert workers[1].node_id[:8] in nodes
+    assert survivor.node_id[:8] in nodes
 
-    # The same seeded search without the loss evaluates exactly the same mappings.
-    fresh = copy.deepcopy(raw)
-    fresh["search"]["cache_dir"] = str(tmp_path / "fresh-evals")
-    fresh["tracking"]["uri"] = f"sqlite:///{tmp_path / 'fresh.db'}"
-    ref = SearchDriver(parse_config(fresh), fitness_double.factory(), num_teacher_layers=6,
-                       pool_resources=SLOT).run()
-    _, ref_kids = children(fresh, ref.run_id)
+    # The same seeded search without the loss evaluated exactly the same mappings.
+    ref_raw, ref, _, _ = undisturbed
+    _, ref_kids = children(ref_raw, ref.run_id)
     assert sorted(k.data.params["mapping"] for k in ref_kids) == sorted(k.data.params["mapping"] for k in kids)
     assert ref.best.mapping == result.best.mapping
 

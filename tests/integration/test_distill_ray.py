@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import quickstart_dict
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from transformers import AutoModel
@@ -23,13 +25,27 @@ pytestmark = pytest.mark.slow
 CLI = [str(Path(sys.executable).parent / "layersearch")]
 
 
-@pytest.fixture
-def config(quickstart_raw, write_config):
-    raw = quickstart_raw
+def _config(raw: dict) -> dict:
     raw["distill"]["corpus_blocks"] = 160
     raw["distill"]["train"].update(max_steps=20, batch_size=8, learning_rate=5e-4,
                                    checkpoint_every=4, precision="fp32")
-    return write_config(raw), raw
+    return raw
+
+
+@pytest.fixture(scope="module")
+def straight(shared_data, tmp_path_factory):
+    """The uninterrupted 20-step runs, on one worker and on two, that every test here compares
+    with (run once per module: a two-worker run is most of a minute of starting Ray Train)."""
+    root = tmp_path_factory.mktemp("distill-ray")
+    raw = _config(quickstart_dict(shared_data, root))
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    runs = {}
+    for workers in (1, 2):
+        rc, output = _distill(path, root / f"straight-{workers}", "--set", f"distill.workers={workers}")
+        assert rc == 0, output
+        runs[workers] = (root / f"straight-{workers}", output, _runs(raw)[1][-1].info.run_id)
+    return path, raw, runs
 
 
 def _distill(path: Path, out: Path, *extra: str, wait: bool = True):
@@ -73,76 +89,78 @@ def _train_workers() -> list[int]:
     return pids
 
 
-def test_two_ray_train_workers_match_one_and_survive_a_lost_worker(config, tmp_path):
-    path, raw = config
-    rc, output = _distill(path, tmp_path / "two", "--set", "distill.workers=2")
-    assert rc == 0, output
+def test_two_ray_train_workers_match_one_and_survive_a_lost_worker_then_a_sigterm(straight, tmp_path):
+    path, raw, runs = straight
+    two, output, two_id = runs[2]
     assert "distill step 20/20" in output and "tokens/s" in output
-    model = AutoModel.from_pretrained(tmp_path / "two")
+    model = AutoModel.from_pretrained(two)
     assert model.config.num_hidden_layers == 3
-    assert not (tmp_path / "two.checkpoints").exists()
-    client, runs = _runs(raw)
-    run = runs[-1]
+    assert not Path(f"{two}.checkpoints").exists()
+    client = MlflowClient(raw["tracking"]["uri"])
+    run = client.get_run(two_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["layersearch.mapping_source"] == "heuristic:uniform"
     assert run.data.params["distill.workers"] == "2"
-    assert len(client.get_metric_history(run.info.run_id, "tokens_per_second")) == 20
+    assert len(client.get_metric_history(two_id, "tokens_per_second")) == 20
 
     # One worker, same global batch: the same run up to dropout noise.
-    rc, output = _distill(path, tmp_path / "one")
-    assert rc == 0, output
-    _, runs = _runs(raw)
-    curve = {r.data.params["distill.workers"]: [m.value for m in client.get_metric_history(
-        r.info.run_id, "loss/total")] for r in runs}
-    one, two = curve["1"], curve["2"]
+    one, two = ([m.value for m in client.get_metric_history(runs[w][2], "loss/total")] for w in (1, 2))
     assert len(one) == len(two) == 20
     assert two[-1] < 0.8 * two[0] and one[-1] < 0.8 * one[0]
     assert abs(sum(one[-5:]) - sum(two[-5:])) / sum(one[-5:]) < 0.1, (one, two)
 
-    # A worker killed mid-run is restarted and the run ends with the uninterrupted weights.
-    proc = _distill(path, tmp_path / "lost", "--set", "distill.workers=2", wait=False)
-    _wait_for(tmp_path / "lost.checkpoints" / "checkpoint-4", proc)
+    # A worker killed mid-run is restarted from the last checkpoint; the run goes on until
+    # preempted (SIGTERM: a stop file for the Ray Train workers), and resumes to the weights of
+    # the uninterrupted run.
+    where = ("--set", "distill.workers=2")
+    ckpt = tmp_path / "lost.checkpoints"
+    proc = _distill(path, tmp_path / "lost", *where, wait=False)
+    _wait_for(ckpt / "checkpoint-4", proc)
     victims = _train_workers()
     assert victims, "no Ray Train worker process found"
     os.kill(max(victims), signal.SIGKILL)
+    _wait_for(ckpt / "checkpoint-8", proc)
+    proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 143, output
     # The worker group really was started again, and rank 0 went on from a checkpoint.
     assert output.count("[rank=0, world_size=2]") == 2, output
     assert "distill step 1/20" in output and any(f"distill step {k}/20" in output for k in range(5, 21))
-    expected, got = _weights(tmp_path / "two"), _weights(tmp_path / "lost")
+    assert "continue with --resume" in output
+    steps = _preempted_then_resumed(path, raw, tmp_path / "lost", where, runs[2][0])
+    assert steps == list(range(1, 21))  # each step logged once across the restart and the resume
+
+
+def _preempted_then_resumed(path: Path, raw: dict, out: Path, where: tuple, reference: Path) -> list[int]:
+    """After a SIGTERM: nothing half-written, the run KILLED; ``--resume`` finishes that same run
+    with the reference's weights. Returns the steps logged to the run, in order."""
+    ckpt = Path(f"{out}.checkpoints")
+    assert not out.exists()
+    assert not list(ckpt.glob(".tmp-*"))
+    client, before = _runs(raw)
+    killed = before[-1]
+    assert killed.info.status == "KILLED"
+
+    rc, output = _distill(path, out, "--resume", *where)
+    assert rc == 0, output
+    _, after = _runs(raw)
+    assert len(after) == len(before) and after[-1].info.run_id == killed.info.run_id
+    assert after[-1].info.status == "FINISHED"
+    expected, got = _weights(reference), _weights(out)
     assert expected.keys() == got.keys()
     for k in expected:
         assert (expected[k] == got[k]).all(), k
+    return [m.step for m in client.get_metric_history(killed.info.run_id, "loss/total")]
 
 
-@pytest.mark.parametrize("workers", [1, 2])  # in-process (a signal handler) and Ray Train (a stop file)
-def test_sigterm_checkpoints_ends_killed_and_resume_finishes_the_same_run(config, tmp_path, workers):
-    path, raw = config
-    where = ("--set", f"distill.workers={workers}")
-    rc, output = _distill(path, tmp_path / "straight", *where)
-    assert rc == 0, output
-
+def test_sigterm_in_process_checkpoints_ends_killed_and_resume_finishes_the_same_run(straight, tmp_path):
+    path, raw, runs = straight
+    where = ("--set", "distill.workers=1")  # in-process: a signal handler
     proc = _distill(path, tmp_path / "preempted", *where, wait=False)
     _wait_for(tmp_path / "preempted.checkpoints" / "checkpoint-4", proc)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 143, output
     assert "continue with --resume" in output
-    ckpt = tmp_path / "preempted.checkpoints"
-    assert not (tmp_path / "preempted").exists()
-    assert not list(ckpt.glob(".tmp-*"))
-    client, runs = _runs(raw)
-    killed = runs[-1]
-    assert killed.info.status == "KILLED"
-
-    rc, output = _distill(path, tmp_path / "preempted", "--resume", *where)
-    assert rc == 0, output
-    _, runs = _runs(raw)
-    assert len(runs) == 2 and runs[-1].info.run_id == killed.info.run_id
-    assert runs[-1].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(killed.info.run_id, "loss/total")]
+    steps = _preempted_then_resumed(path, raw, tmp_path / "preempted", where, runs[1][0])
     assert steps == list(range(1, 21))  # each step logged once across the two parts
-    expected, got = _weights(tmp_path / "straight"), _weights(tmp_path / "preempted")
-    for k in expected:
-        assert (expected[k] == got[k]).all(), k

@@ -85,18 +85,6 @@ def test_evaluate_cli_two_mappings_logs_runs_and_caches(quickstart_raw, write_co
     assert all(len(set(v)) == 1 for v in by_mapping.values())  # the cache returned the same value
 
 
-def test_packed_evaluation_equals_one_by_one(quickstart_raw):
-    evaluator = Evaluator(parse_config(tiny(quickstart_raw)))
-    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6)]
-    packed = evaluator.evaluate_pack(mappings)
-    for m, p in zip(mappings, packed, strict=True):
-        alone = evaluator.evaluate(m)
-        assert p.ok and alone.ok, (p.status, alone.status)
-        assert p.fitness == pytest.approx(alone.fitness, abs=1e-6)
-        for k, curve in alone.curves.items():
-            assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], abs=1e-5), k
-
-
 def test_constant_predictor_scores_zero_on_every_real_task(shared_data):
     from layersearch.data.tasks import load_task
     from layersearch.fitness.stats import matthews
@@ -172,23 +160,35 @@ def test_compare_cli_verdicts_and_mlflow_records(quickstart_raw, write_config):
     assert bad.exit_code != 0 and "same mapping" in bad.output
 
 
-def test_packed_finetuning_equals_one_by_one(quickstart_raw):
+def test_packed_evaluation_equals_one_by_one(quickstart_raw):
+    """Packed distillation is exact: fine-tuned one by one, each packed student scores what it
+    scores alone. Packed fine-tuning follows one by one step by step, up to summation order."""
     raw = tiny(quickstart_raw)
+    raw["tasks"]["names"] = ["sst2", "rte"]  # one sentence; pairs with text labels
+    raw["tasks"]["finetune"]["seeds"] = [0, 1]
+    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6)]
+    alone = [Evaluator(parse_config(raw)).evaluate(m) for m in mappings]
+    raw["tasks"]["finetune"]["seeds"] = [0]
+    one_by_one = Evaluator(parse_config(raw))
+    assert not one_by_one.packed_finetune
+    packed = one_by_one.evaluate_pack(mappings)
     raw["tasks"]["finetune"].update(packed=True, seeds=[0, 1])
     evaluator = Evaluator(parse_config(raw))
     assert evaluator.packed_finetune
-    mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6)]
-    packed = evaluator.evaluate_pack(mappings)
-    for m, p in zip(mappings, packed, strict=True):
-        alone = evaluator.evaluate(m)
-        assert p.ok and alone.ok, (p.status, alone.status)
-        assert sorted(p.units) == sorted(alone.units) == ["s0-f0", "s0-f1"]
-        for k, curve in alone.curves.items():  # distillation and every fine-tune, step by step
-            assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], rel=1e-3, abs=1e-4), k
-        for u in alone.units:
-            for task, rec in alone.units[u]["tasks"].items():
+    fully = evaluator.evaluate_pack(mappings)
+    for a, p, f in zip(alone, packed, fully, strict=True):
+        assert a.ok and p.ok and f.ok, (a.status, p.status, f.status)
+        for task, rec in a.units["s0-f0"]["tasks"].items():  # the same scores
+            assert p.units["s0-f0"]["tasks"][task]["metrics"] == pytest.approx(rec["metrics"], abs=1e-6), task
+        assert sorted(f.units) == sorted(a.units) == ["s0-f0", "s0-f1"]
+        for k, curve in a.curves.items():  # distillation and every fine-tune, step by step
+            if k in p.curves:
+                assert [v for _, v in p.curves[k]] == pytest.approx([v for _, v in curve], abs=1e-5), k
+            assert [v for _, v in f.curves[k]] == pytest.approx([v for _, v in curve], rel=1e-3, abs=1e-4), k
+        for u in a.units:
+            for task, rec in a.units[u]["tasks"].items():
                 for name, value in rec["metrics"].items():
-                    assert p.units[u]["tasks"][task]["metrics"][name] == pytest.approx(value, abs=0.05), (u, task)
+                    assert f.units[u]["tasks"][task]["metrics"][name] == pytest.approx(value, abs=0.05), (u, task)
 
 
 def test_out_of_memory_halves_the_pack_and_loses_no_candidate(quickstart_raw, monkeypatch):
@@ -199,6 +199,7 @@ def test_out_of_memory_halves_the_pack_and_loses_no_candidate(quickstart_raw, mo
 
     raw = tiny(quickstart_raw)
     raw["tasks"]["finetune"]["packed"] = True
+    raw["tasks"]["names"] = ["sst2", "rte"]  # the halving is per task: two show it
     evaluator = Evaluator(parse_config(raw))
     mappings = [Mapping((2, 4, 6), 6), Mapping((1, 3, 6), 6), Mapping((4, 5, 6), 6), Mapping((3, 4, 6), 6)]
     reference = evaluator.evaluate_pack(mappings)
@@ -222,7 +223,7 @@ def test_out_of_memory_halves_the_pack_and_loses_no_candidate(quickstart_raw, mo
     monkeypatch.setattr(finetune_packed, "finetune_pack", finetune_fits_two)
     shrunk = evaluator.evaluate_pack(mappings)
     assert distil_sizes == [4, 2, 1, 1, 2, 1, 1]
-    assert finetune_sizes == [4, 2, 2] * 3  # per task: the pack, then its halves
+    assert finetune_sizes == [4, 2, 2] * 2  # per task: the pack, then its halves
     for got, ref in zip(shrunk, reference, strict=True):
         assert got.ok, got.status
         # The retried halves start from fresh students: the same results as the unsplit pack.
