@@ -138,3 +138,34 @@ def duration(seconds: float | None) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+# --- the plan: work expected after the current rung ---------------------------------
+
+def new_per_generation(cfg, strategy: str, generation: int, pending: int) -> int:
+    """New genomes a later generation should bring (``cfg`` is search.*): as many as this one
+    (``pending``) did, or for generation 0 what breeding leaves room for (elites and
+    parents carry their scores)."""
+    if generation > 0 or strategy == "random":
+        return pending or 1
+    if cfg.variant == "mu_plus_lambda":
+        return cfg.offspring or cfg.population
+    return cfg.population - min(cfg.hall_of_fame, cfg.population - 1)
+
+
+def planned_work(ladder, rung: int, entrants: int, per_generation: int | None, generations_left: int,
+                 final_starts: list[int]) -> Work:
+    """What the ETA expects after the current rung: the rest of this batch's race (its
+    ``entrants``, 1/reduction promoted per rung), ``generations_left`` batches of
+    ``per_generation`` new genomes (None: no later batch is drawn), and the final race's
+    entrants from the rungs they hold (``final_starts``) to the top."""
+    per_gen = Work(*ladder.batch_work(per_generation)) if per_generation is not None else Work()
+    rest = Work()
+    alive = entrants
+    for r in range(rung + 1, len(ladder)):
+        alive = -(-alive // ladder.reduction)
+        rest = rest + Work(*[alive * x for x in ladder.work(r - 1, r)])
+    final = Work()
+    for start in final_starts:
+        final = final + Work(*ladder.work(start, ladder.top))
+    return rest + Work(per_gen.distills * generations_left, per_gen.units * generations_left) + final

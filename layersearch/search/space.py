@@ -157,6 +157,12 @@ class SearchSpace:
         listed = self.listed()
         return list(rng.choice(listed)) if listed is not None else self.random_genome(rng)
 
+    def uniform(self) -> Mapping:
+        """TinyBERT's uniform mapping, the one a search's winner is tested against; with init
+        genes it initialises from the layers it supervises."""
+        mapping = heuristic("uniform", self.m, self.n)
+        return mapping.with_init(mapping.genes) if self.search_init else mapping
+
     def heuristic_genomes(self) -> list[list[int]]:
         """The named heuristics that lie in the space, deduplicated.
 
