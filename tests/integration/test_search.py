@@ -270,7 +270,7 @@ def test_racing_promotes_reusing_seeds_rescores_elites_and_ends_with_a_verdict(q
 
 
 def test_racing_search_killed_mid_rung_resumes_without_redoing_work(quickstart_raw, tmp_path):
-    raw = racing_raw(quickstart_raw, tmp_path)
+    raw = racing_raw(quickstart_raw, tmp_path, generations=2)
     markers = tmp_path / "markers"
     script = _script(raw, markers, factory="unit_factory", delay=0.15)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -311,7 +311,7 @@ def test_racing_search_killed_mid_rung_resumes_without_redoing_work(quickstart_r
     assert recorded_before <= set(keys)
     assert client.get_run(run_id).info.status == "FINISHED"
     # The uninterrupted search with the same seed evaluates the same mappings, to the same winner.
-    fresh = racing_raw(quickstart_raw, tmp_path / "fresh")
+    fresh = racing_raw(quickstart_raw, tmp_path / "fresh", generations=2)
     fresh["tracking"]["uri"] = f"sqlite:///{tmp_path / 'fresh.db'}"
     ref = SearchDriver(parse_config(fresh), fitness_double.unit_factory(), num_teacher_layers=6).run()
     assert ref.best.mapping.key == best_key and resumed_id == run_id

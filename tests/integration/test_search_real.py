@@ -22,6 +22,7 @@ def tiny_search(quickstart_raw, write_config, tmp_path):
     raw["proxy"]["slice_blocks"] = 64
     raw["proxy"]["train"].update(max_steps=3, batch_size=8)
     raw["tasks"]["finetune"].update(train_examples=64, dev_examples=64, batch_size=16, seeds=[0, 1])
+    raw["tasks"]["names"] = ["sst2", "rte"]
     raw["search"].update(population=4, generations=1, cache_dir=str(tmp_path / "evaluations"),
                          racing={"seeds": [1, 2], "reduction": 2}, final_race=1)
     raw["ray"].update(num_evaluators=1, num_cpus=1)
