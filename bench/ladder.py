@@ -17,7 +17,8 @@ get a second distillation seed, for the spread between distillation runs.
 **Fidelities** are the proxy at 1, 40 and 200 steps with its 3 fine-tune
 seeds, and at 40 steps with 1 seed; and each readout (``tasks.readout``:
 probe, agreement, and finetune itself) at 40 steps on 3 proxy slices, so
-that the spread between distillation runs is in each of them. For each: Kendall tau of its ranking of
+that the spread between distillation runs is in each of them; agreement also
+after one step (is a verdict on one-step students one about final students?). For each: Kendall tau of its ranking of
 the mappings against the ground truth's, with a 95% bootstrap interval
 (fine-tune seeds and dev examples resampled, the same resample for every
 mapping, as the pairing is); the compute ratio (seconds of a ground-truth
@@ -69,7 +70,10 @@ BUDGETS = {
              "readouts": {"probe": ["tasks.readout=probe", "proxy.slice_seeds=[0,1,2]"],
                           "agreement": ["tasks.readout=agreement", "proxy.slice_seeds=[0,1,2]"],
                           # Fine-tuning on the same 3 slices: its noise with the distillation spread in it.
-                          "finetune": ["proxy.slice_seeds=[0,1,2]"]}},
+                          "finetune": ["proxy.slice_seeds=[0,1,2]"]},
+             # The readout that qualified, also after one step: is a verdict on one-step students
+             # (compare --set proxy.train.max_steps=1, issue 23) a verdict about final students?
+             "readout_steps": {"agreement": [1]}},
     "quick": {"proxy_steps": [1, 2, 3], "anchor_steps": 3, "randoms": 0, "results": "bench/results/ladder-quick",
               "proxy": ["tasks.readout=finetune", "proxy.slice_seeds=[0]", "search.racing=null",
                         "tasks.finetune.train_examples=32", "tasks.finetune.dev_examples=64",
@@ -80,7 +84,8 @@ BUDGETS = {
               "readouts": {"probe": ["tasks.readout=probe", "proxy.slice_seeds=[0,1]", "tasks.probe.train_examples=64"],
                            "agreement": ["tasks.readout=agreement", "proxy.slice_seeds=[0,1]",
                                          "tasks.agreement.heldout_blocks=32"],
-                           "finetune": ["proxy.slice_seeds=[0,1]"]}},
+                           "finetune": ["proxy.slice_seeds=[0,1]"]},
+              "readout_steps": {"agreement": [1]}},
 }
 SPREAD = ("uniform", "upper")  # the mappings distilled with a second seed
 
@@ -126,10 +131,15 @@ def proxy_stage(proxy, budget, mappings) -> None:
     for steps in budget["proxy_steps"]:
         print(f"== proxy at {steps} steps", flush=True)
         evaluate_all(proxy(steps), [m for _, m in mappings], [lbl for lbl, _ in mappings], show=False)
-    for readout in budget["readouts"]:
-        print(f"== the {readout} readout at {budget['anchor_steps']} steps", flush=True)
-        evaluate_all(proxy(budget["anchor_steps"], readout), [m for _, m in mappings], [lbl for lbl, _ in mappings],
-                     show=False)
+    for readout, steps in readout_rungs(budget):
+        print(f"== the {readout} readout at {steps} steps", flush=True)
+        evaluate_all(proxy(steps, readout), [m for _, m in mappings], [lbl for lbl, _ in mappings], show=False)
+
+
+def readout_rungs(budget) -> list[tuple[str, int]]:
+    """(readout, steps): every readout at the anchor budget, then the extra step counts some get."""
+    rungs = [(readout, budget["anchor_steps"]) for readout in budget["readouts"]]
+    return rungs + [(r, s) for r, steps in budget.get("readout_steps", {}).items() for s in steps]
 
 
 def truth_stage(truth, mappings, labels: list[str], seeds: int) -> None:
@@ -316,9 +326,9 @@ def report(proxy, truth, budget, mappings) -> dict:
     anchor = budget["anchor_steps"]
     fidelities = [(f"proxy-{s}-steps-3-seeds", s, None, None) for s in budget["proxy_steps"]]
     fidelities.append((f"proxy-{anchor}-steps-1-seed", anchor, 1, None))
-    for readout in budget["readouts"]:
-        fidelities.append((f"{readout}-{anchor}-steps-{len(proxy(anchor, readout).proxy.slice_seeds)}-slices",
-                           anchor, None, readout))
+    for readout, steps in readout_rungs(budget):
+        fidelities.append((f"{readout}-{steps}-steps-{len(proxy(steps, readout).proxy.slice_seeds)}-slices",
+                           steps, None, readout))
     lines = []
     for name, steps, nseeds, readout in fidelities:
         cfg = proxy(steps, readout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -215,6 +216,10 @@ class FidelityEvidence(Strict):
     gain: float  # the mappings' mean distillation gain over the untouched init
     gain_ci: tuple[float, float]
     source: str  # where and when it was measured
+    # The settings it was measured at, as dotted config keys (proxy.train.max_steps: 40). Where
+    # the config runs another value (an edit or a --set), the figures are about another proxy
+    # and nothing reports them as this one's (Config.evidence_drift).
+    measured_at: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _tau_with_interval(self) -> FidelityEvidence:
@@ -543,6 +548,36 @@ class Config(Strict):
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _evidence_keys(self) -> Config:
+        evidence = self.proxy.evidence
+        if evidence is not None:
+            data = self.to_dict()
+            missing = [k for k in evidence.measured_at if _get_dotted(data, k) is _MISSING]
+            if missing:
+                raise ValueError(f"proxy.evidence.measured_at: {', '.join(missing)} is not a config key "
+                                 "(give dotted keys such as proxy.train.max_steps)")
+        return self
+
+    def evidence_drift(self) -> list[str]:
+        """Where this config runs another proxy than ``proxy.evidence`` was measured at, one
+        ``key: measured at A, this run B`` each; empty where it matches (or there is none)."""
+        evidence = self.proxy.evidence
+        if evidence is None:
+            return []
+        data = self.to_dict()
+        out = []
+        for key, measured in evidence.measured_at.items():
+            now = _get_dotted(data, key)
+            if not _same(now, measured):
+                out.append(f"{key}: measured at {json.dumps(measured)}, this run {json.dumps(now)}")
+        return out
+
+    @property
+    def evidence(self) -> FidelityEvidence | None:
+        """``proxy.evidence`` where it is about the proxy this config runs, else None."""
+        return None if self.evidence_drift() else self.proxy.evidence
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -556,6 +591,32 @@ class Config(Strict):
             data = {s: data[s] for s in sections}
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_MISSING = object()
+
+
+def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return _MISSING
+        node = node[k]
+    return node
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: numbers by value (YAML reads 3e-4 as a string, 3.0e-4 as a float)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a == b
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

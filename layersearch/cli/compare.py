@@ -27,15 +27,17 @@ def metric_name(genes) -> str:
 
 
 def report(tracker, run_id: str, comparisons: list, reference, others: list, gains: dict | None = None,
-           what: str = "", readout: str = "finetune") -> None:
+           what: str = "", cfg=None) -> None:
     """Print the verdict table and record it on ``run_id`` (tags, metrics, comparisons.json);
-    ``gains`` (label -> distillation gain) become ``distillation_gain/<genes>`` tags."""
+    ``gains`` (label -> distillation gain) become ``distillation_gain/<genes>`` tags. With the
+    proxy's ``cfg``, what is known of the proxy's agreement with final students follows the
+    verdicts (they rank proxy students) and tags the run ``proxy_fidelity``."""
     from layersearch.fitness.aggregate import gain_word
 
     table = Table(title=f"{what}paired differences against {comparisons[0].reference} {reference.mapping} "
                         "(fitness of the row minus the reference; 95% interval; Holm-corrected p)")
-    for col in ("mapping", "genes", "difference", "95% interval", "p (Holm)", "seeds", "verdict"):
-        table.add_column(col, justify="right" if col in ("difference", "p (Holm)", "seeds") else "left")
+    for col in ("mapping", "genes", "difference", "95% interval", "p (Holm)", "units", "verdict"):
+        table.add_column(col, justify="right" if col in ("difference", "p (Holm)", "units") else "left")
     metrics, tags = {}, {"layersearch.reference": str(reference.mapping)}
     for c, (_, ev) in zip(comparisons, others, strict=True):
         e = c.estimate
@@ -62,6 +64,14 @@ def report(tracker, run_id: str, comparisons: list, reference, others: list, gai
     elif any(not c.estimate.seed_noise_measured for c in comparisons):
         console.print("[yellow]one unit per mapping: seed noise is not measured, so nothing is called "
                       "better or worse; add seeds, e.g. --set 'tasks.finetune.seeds=[0,1,2]'[/]")
+    if cfg is not None:
+        from layersearch.fidelity import config_fidelity_text, fidelity_tag
+
+        steps = cfg.proxy.train.max_steps
+        budget = f"{steps} distillation step(s)" if steps is not None else "the proxy's token budget"
+        console.print(f"these verdicts rank proxy students ({budget}, {cfg.tasks.readout} readout); "
+                      f"{config_fidelity_text(cfg)}", highlight=False, soft_wrap=True)
+        tags["proxy_fidelity"] = fidelity_tag(cfg)
     tracker.log_metrics(run_id, metrics)
     tracker.set_tags(run_id, tags)
     tracker.log_dict(run_id, [c.to_dict() for c in comparisons], "comparisons.json")
@@ -90,5 +100,5 @@ def compare(config: ConfigArg, mapping: MappingsOpt, no_cache: NoCacheOpt = Fals
         results, gains = evaluate_all(cfg, mappings, list(mapping), use_cache=not no_cache, parent_id=run_id,
                                       tracker=tracker)
         comparisons = paired(results[0], results[1:], cfg.tasks.scored, cfg.tasks.scored_weights)
-        report(tracker, run_id, comparisons, results[0][1], results[1:], gains, readout=cfg.tasks.readout)
+        report(tracker, run_id, comparisons, results[0][1], results[1:], gains, cfg=cfg)
     console.print(f"comparison run {run_id}")

@@ -20,9 +20,9 @@ class SearchDisplay:
     """Live progress like Ray Tune's status table: on a terminal a panel redrawn in
     place; elsewhere (CI logs, files) one line per finished evaluation, each with the ETA."""
 
-    def __init__(self, live: bool | None = None, evidence=None):
+    def __init__(self, live: bool | None = None, fidelity: str | None = None):
         self.live_wanted = console.is_terminal if live is None else live
-        self.evidence = evidence  # proxy.evidence, said at the start
+        self.fidelity = fidelity  # what proxy.evidence says of this proxy, said at the start
         self.live = None
         self.recent: list[str] = []
 
@@ -100,7 +100,8 @@ class SearchDisplay:
             console.print(f"strategy auto -> [bold]{strategy}[/] ({why})", highlight=False)
         else:
             console.print(f"strategy {strategy}: {space} genomes in the space, budget {budget}", highlight=False)
-        console.print(fidelity_text(self.evidence), highlight=False, soft_wrap=True)
+        if self.fidelity:
+            console.print(self.fidelity, highlight=False, soft_wrap=True)
         for note in info.get("folded", []):
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         rungs = info["rungs"]
@@ -130,7 +131,9 @@ def search(config: ConfigArg,
     from layersearch.search.driver import SearchDriver
 
     cfg = load(config, set_)
-    display = SearchDisplay(evidence=cfg.proxy.evidence)
+    from layersearch.fidelity import config_fidelity_text
+
+    display = SearchDisplay(fidelity=config_fidelity_text(cfg))
     try:
         result = SearchDriver(cfg, on_event=display).run(resume_run_id=resume)
     finally:
@@ -151,19 +154,11 @@ def search(config: ConfigArg,
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
     say_verdict(result.best, result.versus_uniform, result.winner_is_uniform, result.runner_up)
-    console.print(f"  {fidelity_text(cfg.proxy.evidence)}", highlight=False, soft_wrap=True)
+    console.print(f"  {config_fidelity_text(cfg)}", highlight=False, soft_wrap=True)
     if result.gain is not None:
         from layersearch.fitness.aggregate import gain_text
 
         console.print(f"  the winner's {gain_text(result.gain)}", highlight=False, soft_wrap=True)
-
-
-def fidelity_text(evidence) -> str:
-    """What is known of this proxy's agreement with final students (``proxy.evidence``)."""
-    if evidence is None:
-        return ("this proxy's agreement with final students is not measured (proxy.evidence): check the "
-                "winner with layersearch confirm, or measure the proxy with bench/ladder.py")
-    return evidence.text()
 
 
 def say_verdict(best, versus, winner_is_uniform: bool = False, runner_up=None) -> None:
@@ -367,6 +362,8 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
         report(tracker, compare_id, [c for c, _ in picked], ref, [o for _, o in picked])
     console.print(f"(Holm over all {len(family)} mappings against {against} that reached the top rung, "
                   "shown or not: the winner was picked among them)")
+    # The verdicts rank proxy students: what the search knew of its proxy's agreement with final ones.
+    console.print(f"proxy fidelity of this search: {run.data.tags.get('proxy_fidelity', 'not recorded')}")
 
 
 @user_errors

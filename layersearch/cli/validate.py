@@ -14,6 +14,11 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     console.print(Syntax(cfg.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
     from layersearch.search.racing import Ladder
 
-    for note in Ladder.folding_notes(cfg):
+    notes = Ladder.folding_notes(cfg)
+    if cfg.evidence_drift():
+        from layersearch.fidelity import config_fidelity_text
+
+        notes.append(config_fidelity_text(cfg))
+    for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     console.print(f"[green]ok[/] {config}")

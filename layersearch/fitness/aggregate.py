@@ -85,9 +85,9 @@ class Comparison:
         e = self.estimate
         if not e.about_the_mapping:  # one distillation run each: a fact about these two students
             return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}] for this "
-                    f"student ({e.units} paired seeds, 1 distillation run each) -> {self.verdict}")
+                    f"student ({e.units} paired units, 1 distillation run each) -> {self.verdict}")
         return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}], "
-                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired seeds, {e.distillation_runs} distillation "
+                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired units, {e.distillation_runs} distillation "
                 f"runs) -> {self.verdict}")
 
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from layersearch.config import Config
+from layersearch.fidelity import fidelity_tag
 from layersearch.fitness import Evaluation
 from layersearch.search.progress import Progress
 from layersearch.search.racing import Ladder
@@ -44,9 +45,7 @@ class SearchRuns:
                       rungs=json.dumps([len(self.ladder.units(r)) for r in range(len(self.ladder))]))
         self.tracker.log_params(run_id, params)
         self.tracker.log_text(run_id, self.cfg.to_yaml(), "config.yaml")
-        evidence = self.cfg.proxy.evidence
-        self.tracker.set_tags(run_id, {"proxy_fidelity": "unmeasured" if evidence is None else
-                                       "validated" if evidence.validated else "unvalidated"})
+        self.tracker.set_tags(run_id, {"proxy_fidelity": fidelity_tag(self.cfg)})
 
     def load_children(self, parent: str) -> None:
         """The child runs a resumed search logged before."""

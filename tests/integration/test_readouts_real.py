@@ -59,12 +59,20 @@ def test_compare_with_agreement_gives_verdicts_with_intervals(quickstart_raw, wr
     result = runner.invoke(app, ["compare", str(write_config(raw)), "-m", "uniform", "-m", "upper"])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("upper vs uniform:"))
-    assert "[" in line and "paired seeds" in line and line.split("-> ")[-1] in ("better", "worse", "indistinguishable")
+    assert "[" in line and "paired units" in line and line.split("-> ")[-1] in ("better", "worse", "indistinguishable")
     assert "held-out R^2" in result.stdout.replace("\n", " ")
     assert result.stdout.count("distillation gain") == 2
+    # The verdicts say what they rank, and that the shipped proxy's ladder figures (40 steps, 512
+    # blocks) are not this 3-step proxy's.
+    said = " ".join(result.stdout.split())
+    assert "these verdicts rank proxy students (3 distillation step(s), agreement readout)" in said
+    assert "proxy.train.max_steps: measured at 40, this run 3" in said and "Kendall tau" not in said
     client = MlflowClient(raw["tracking"]["uri"])
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
-    assert all(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id]))
+    runs = client.search_runs([exp.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert [r.data.tags["proxy_fidelity"] for r in runs if r.data.tags.get("layersearch.kind") == "compare"] == [
+        "unmeasured"]
 
 
 def test_gpu_suite_smoke_prints_every_figure():

@@ -103,8 +103,31 @@ def test_confirm_config_needs_measured_seed_noise(quickstart_raw):
         parse_config(quickstart_raw)
 
 
+def test_fidelity_evidence_applies_only_to_the_proxy_it_measured(quickstart_raw):
+    from layersearch.fidelity import config_fidelity_text, fidelity_tag
+
+    quickstart_raw["proxy"]["evidence"] = {
+        "tau": 0.6, "tau_ci": [0.2, 0.9], "gain": 0.03, "gain_ci": [0.01, 0.05], "source": "bench/ladder.py",
+        # YAML reads 3e-4 as a string: still the same learning rate as the config's 3.0e-4.
+        "measured_at": {"proxy.train.max_steps": 40, "proxy.train.learning_rate": "3e-4",
+                        "objective.terms": {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}}}
+    cfg = parse_config(quickstart_raw)
+    assert cfg.evidence_drift() == [] and fidelity_tag(cfg) == "validated"
+    assert "Kendall tau +0.60" in config_fidelity_text(cfg)
+    quickstart_raw["proxy"]["train"]["max_steps"] = 1
+    quickstart_raw["objective"]["terms"]["logit_kd"] = 1.0
+    cfg = parse_config(quickstart_raw)
+    assert cfg.evidence is None and fidelity_tag(cfg) == "unmeasured"
+    assert [d.split(":")[0] for d in cfg.evidence_drift()] == ["proxy.train.max_steps", "objective.terms"]
+    text = config_fidelity_text(cfg)
+    assert "measured at 40, this run 1" in text and "not measured" in text and "Kendall" not in text
+    quickstart_raw["proxy"]["evidence"]["measured_at"] = {"proxy.train.max_step": 40}
+    with pytest.raises(ConfigError, match="proxy.train.max_step is not a config key"):
+        parse_config(quickstart_raw)
+
+
 def test_fidelity_evidence_says_whether_the_proxy_is_validated(quickstart_raw):
-    from layersearch.cli.search import fidelity_text
+    from layersearch.fidelity import fidelity_text
 
     quickstart_raw["proxy"]["evidence"] = {"tau": 0.6, "tau_ci": [0.2, 0.9], "gain": 0.03,
                                            "gain_ci": [0.01, 0.05], "source": "bench/ladder.py"}

@@ -125,3 +125,21 @@ def test_shipped_config_can_reach_a_verdict(path):
 
     ladder = Ladder.of(load_config(path))
     assert len({s for s, _ in ladder.units(ladder.top)}) >= 2
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if (yaml.safe_load(p.read_text()).get("proxy") or {}).get(
+    "evidence")], ids=lambda p: p.name)
+def test_shipped_evidence_is_about_the_shipped_proxy(path, tmp_path, shared_data, monkeypatch):
+    """A config that carries the ladder's figures runs the proxy they were measured on; changing
+    that proxy (here its step budget) makes validate say the figures no longer apply."""
+    monkeypatch.chdir(tmp_path)
+    overrides = teacher_overrides(path, tmp_path, shared_data)
+    cfg = load_config(path, overrides)
+    assert cfg.evidence_drift() == [] and cfg.evidence is cfg.proxy.evidence
+    assert "proxy.train.max_steps" in cfg.proxy.evidence.measured_at
+    steps = cfg.proxy.train.max_steps
+    result = validate(path, [*overrides, f"proxy.train.max_steps={steps + 1}"])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"proxy.train.max_steps: measured at {steps}, this run {steps + 1}" in said
+    assert "so its figures do not apply here" in said
