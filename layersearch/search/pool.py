@@ -54,10 +54,9 @@ class EvaluatorActor:
             raise RuntimeError(
                 f"this worker's proxy spec {mine} differs from the driver's {spec}: torch and transformers "
                 "versions, the teacher, and the task and corpus files must match on every node")
-        try:
-            node = ray.get_runtime_context().get_node_id()[:8]
-        except Exception:  # outside Ray
-            node = "local"
+        # Outside Ray (tests, a local pool) asking for the runtime context would start a Ray
+        # instance as a side effect, so ask only where one is running.
+        node = ray.get_runtime_context().get_node_id()[:8] if ray.is_initialized() else "local"
         self.where = f"{node}/{socket.gethostname()}:{os.getpid()}"
 
     def evaluate(self, genes: list[int], num_teacher_layers: int, prior: dict | None = None,
