@@ -51,7 +51,7 @@ from layersearch.search.cache import EvaluationCache
 
 
 def mappings_for(cfg, n: int, count: int) -> list[tuple[str, object]]:
-    from layersearch.cli.evaluate import random_mappings
+    from layersearch.workflows.evaluate import random_mappings
 
     out = []
     for name in HEURISTICS:

@@ -7,7 +7,7 @@
 Mappings: the four heuristics and two seeded random ones from the
 quickstart's search space (the heuristics alone with ``--quick``).
 
-**Ground truth** is ``layersearch confirm`` (``run_confirm``): a full
+**Ground truth** is ``layersearch confirm`` (``layersearch.confirm``): a full
 distillation of every mapping at 20x the quickstart proxy's distillation
 tokens, each final student fine-tuned with 5 seeds on 4x the proxy's
 fine-tuning examples (SST-2 and CoLA). A task counts only where the teacher's own score
@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from layersearch.cli.evaluate import random_mappings
 from layersearch.config import load_config
 from layersearch.fitness import local_device, spec_key, units_of
 from layersearch.fitness.aggregate import task_scores, unit_order
@@ -52,6 +51,7 @@ from layersearch.fitness.stats import fitness_estimate, task_score
 from layersearch.init import init_identity, proxy_init_config
 from layersearch.mapping import HEURISTICS, Mapping, heuristic
 from layersearch.search.cache import EvaluationCache
+from layersearch.workflows.evaluate import random_mappings
 
 CONFIG = "configs/quickstart.yaml"
 BOOTSTRAP = 1000
@@ -126,14 +126,14 @@ def mappings_for(cfg, count: int) -> list[tuple[str, Mapping]]:
 # --- stages -----------------------------------------------------------------
 
 def proxy_stage(proxy, budget, mappings) -> None:
-    from layersearch.cli.evaluate import evaluate_all
+    from layersearch.workflows.evaluate import evaluate_all
 
     for steps in budget["proxy_steps"]:
         print(f"== proxy at {steps} steps", flush=True)
-        evaluate_all(proxy(steps), [m for _, m in mappings], [lbl for lbl, _ in mappings], show=False)
+        evaluate_all(proxy(steps), [m for _, m in mappings], [lbl for lbl, _ in mappings])
     for readout, steps in readout_rungs(budget):
         print(f"== the {readout} readout at {steps} steps", flush=True)
-        evaluate_all(proxy(steps, readout), [m for _, m in mappings], [lbl for lbl, _ in mappings], show=False)
+        evaluate_all(proxy(steps, readout), [m for _, m in mappings], [lbl for lbl, _ in mappings])
 
 
 def readout_rungs(budget) -> list[tuple[str, int]]:
@@ -143,12 +143,12 @@ def readout_rungs(budget) -> list[tuple[str, int]]:
 
 
 def truth_stage(truth, mappings, labels: list[str], seeds: int) -> None:
-    from layersearch.cli.confirm import run_confirm
+    import layersearch
 
     print(f"== ground truth: {', '.join(labels)} x {seeds} distillation seed(s)", flush=True)
     cfg = truth.model_copy(deep=True)
     cfg.confirm.distill_seeds = seeds
-    run_confirm(cfg, labels, resume=True, progress=False)
+    layersearch.confirm(cfg, labels, resume=True, progress=False)
 
 
 def teacher_stage(truth) -> Evaluation:

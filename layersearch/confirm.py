@@ -1,7 +1,7 @@
 """Ground truth for a few mappings: full distillations, each final student scored downstream.
 
-``run_confirm`` distils every mapping with the ``distill`` section's trainer
-(``cli.distill.run_distill``: the same Ray Train workers, checkpoints and
+``workflows.confirm.confirm`` distils every mapping with the ``distill`` section's trainer
+(``workflows.distill.distill``: the same Ray Train workers, checkpoints and
 resume), once per distillation seed (``distill.train.seed`` + 0, 1, ...,
 ``confirm.distill_seeds`` of them; the seed also draws the corpus blocks), then
 fine-tunes each final student on ``confirm.tasks`` with every fine-tune seed.
@@ -164,3 +164,9 @@ def new_record(mapping: Mapping, prior: Evaluation | None, spec: str) -> Evaluat
 def keys(cfg: Config, device: str) -> tuple[str, str]:
     """(final spec key, final init spec key) of this config on ``device``."""
     return final_spec_key(cfg, device), final_init_spec_key(cfg, device)
+
+
+# ``layersearch.confirm(...)`` runs the workflow (the Python API): see layersearch.workflows.callable.
+from layersearch.workflows.callable import make_callable  # noqa: E402
+
+make_callable(__name__, "layersearch.workflows.confirm", "confirm")

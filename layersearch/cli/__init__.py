@@ -29,6 +29,9 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    from layersearch.cli.common import fit_to_output
+
+    fit_to_output()
 
 
 app.command("validate")(validate.validate)

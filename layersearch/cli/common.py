@@ -1,4 +1,5 @@
-"""What every subcommand shares: loading the config and reporting user errors."""
+"""What every subcommand shares: loading the config, reporting user errors, shared options and
+the rendering of workflow results on the console."""
 
 from __future__ import annotations
 
@@ -15,8 +16,22 @@ from layersearch.errors import UserError
 
 console = Console()
 err_console = Console(stderr=True)
+# Where stdout is a log (CI, tee, a job's file) rather than a terminal, tables are as wide as
+# their rows: a mapping's genes and its fitness ± interval stay on one line, never wrapped at 80.
+LOG_WIDTH = 1000
+
+
+def fit_to_output() -> None:
+    """Full-width tables when stdout is not a terminal (``COLUMNS`` still wins where set)."""
+    import os
+
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file, e.g. configs/quickstart.yaml")]
+MappingsOpt = Annotated[list[str], typer.Option(
+    "--mapping", "-m", help="uniform | last | lower | upper | file.json | 2,4,6 | search run id (repeatable)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Re-run cached evaluations")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Dotted override KEY=VALUE, e.g. search.population=16 (repeatable)"),
@@ -48,3 +63,28 @@ def load(config: Path, overrides: list[str] | None, check_environment: bool = Tr
 
         check(cfg)
     return cfg
+
+
+def say(text: str) -> None:
+    """A workflow's progress line, on the console."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def print_evaluated(evaluated, title: str = "proxy fitness") -> None:
+    """The fitness table of an ``evaluate``/``baselines``/``confirm`` result, then its gains."""
+    from layersearch.workflows.tables import fitness_table, gain_lines
+
+    console.print(fitness_table(evaluated.tasks, evaluated.evaluations, evaluated.gains, title=title))
+    for line in gain_lines(evaluated.gains):
+        say(line)
+
+
+def print_verdicts(comparisons: list, reference, others: list, notes: list[str], what: str = "") -> None:
+    """The verdict table, each verdict in words, then what limits them."""
+    from layersearch.workflows.tables import verdict_table
+
+    console.print(verdict_table(comparisons, reference, others, what=what))
+    for c in comparisons:
+        say(c.text())
+    for note in notes:
+        say(note if note.startswith("these verdicts") else f"[yellow]{note}[/]")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
+from layersearch.cli.common import ConfigArg, SetOpt, console, load, print_verdicts, user_errors
 from layersearch.errors import UserError
 
 RunIdArg = Annotated[str, typer.Argument(help="MLflow run id of a search, or a mapping file it wrote")]
@@ -128,14 +128,13 @@ def search(config: ConfigArg,
                "--export", help="Also write the best mapping JSON here")] = None,
            set_: SetOpt = None) -> None:
     """Search layer mappings with the GA; every evaluation is a nested MLflow run."""
-    from layersearch.search.driver import SearchDriver
+    from layersearch.fidelity import config_fidelity_text
+    from layersearch.workflows.search import search as run
 
     cfg = load(config, set_)
-    from layersearch.fidelity import config_fidelity_text
-
     display = SearchDisplay(fidelity=config_fidelity_text(cfg))
     try:
-        result = SearchDriver(cfg, on_event=display).run(resume_run_id=resume)
+        result = run(cfg, resume=resume, export_to=export_to, on_event=display)
     finally:
         display.close()
     if result.best is None:
@@ -147,10 +146,6 @@ def search(config: ConfigArg,
                   f"({result.evaluated} evaluations run in {result.seconds:.0f}s"
                   + (f", {result.evaluated / hours:.0f}/hour" if result.evaluated else "") + ")", highlight=False)
     if export_to is not None:
-        from layersearch.tracking import Tracker
-
-        # The file the search logged (winner, its init, interval, verdict): one source for both exports.
-        _download_best(Tracker(cfg.tracking), result.run_id, export_to)
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
     say_verdict(result.best, result.versus_uniform, result.winner_is_uniform, result.runner_up)
@@ -320,8 +315,8 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     The winner was picked from every mapping that reached the top rung, so Holm
     runs over all of those against the reference, not over the rows shown.
     """
-    from layersearch.cli.compare import report
     from layersearch.fitness import compare
+    from layersearch.workflows.compare import record_verdicts
     from layersearch.mapping import resolve_mapping
     from layersearch.tracking import load_evaluation
 
@@ -359,7 +354,9 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     picked = [(c, (label, ev)) for c, (label, ev, on) in zip(comparisons, family, strict=True) if on]
     with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,
                      tags={"layersearch.kind": "compare"}) as compare_id:
-        report(tracker, compare_id, [c for c, _ in picked], ref, [o for _, o in picked])
+        comparisons, others = [c for c, _ in picked], [o for _, o in picked]
+        notes = record_verdicts(tracker, compare_id, comparisons, ref, others)
+    print_verdicts(comparisons, ref, others, notes)
     console.print(f"(Holm over all {len(family)} mappings against {against} that reached the top rung, "
                   "shown or not: the winner was picked among them)")
     # The verdicts rank proxy students: what the search knew of its proxy's agreement with final ones.
@@ -372,27 +369,8 @@ def export(run_id: RunIdArg,
            config: ConfigOpt = None, tracking_uri: UriOpt = "sqlite:///mlflow.db", set_: SetOpt = None) -> None:
     """Write a search's best mapping as a mapping JSON file (for `distill --mapping FILE`)."""
     tracker, _ = _search_tracker(run_id, config, set_, tracking_uri)
-    mapping = _download_best(tracker, run_id, output)
+    from layersearch.workflows.search import export_best
+
+    mapping = export_best(tracker, run_id, output)
     console.print(f"wrote {output}: mapping {mapping}")
 
-
-def _download_best(tracker, run_id: str, output: Path):
-    import shutil
-    import tempfile
-
-    from layersearch.mapping import load_mapping
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracker.client.download_artifacts(run_id, "best_mapping.json", tmp)
-        except Exception:
-            raise UserError(f"run {run_id} has no best_mapping.json; has the search finished?") from None
-        mapping, record = load_mapping(path)  # validate before handing it on
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if record.get("search_run_id"):
-            shutil.copyfile(path, output)
-        else:
-            # Written before searches named themselves in the file: add it, so that a
-            # distillation from this file is traced back to its search (lineage tags, show).
-            output.write_text(json.dumps({**record, "search_run_id": run_id}, indent=2) + "\n")
-    return mapping

@@ -36,3 +36,8 @@ __all__ = [
     "needs_features", "optimizer_step", "save_checkpoint", "total_steps", "train",
     "training_device",
 ]
+
+# ``layersearch.distill(...)`` runs the workflow (the Python API): see layersearch.workflows.callable.
+from layersearch.workflows.callable import make_callable  # noqa: E402
+
+make_callable(__name__, "layersearch.workflows.distill", "distill")

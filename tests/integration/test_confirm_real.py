@@ -85,7 +85,7 @@ def test_confirm_distils_scores_pairs_logs_and_caches(confirm_config, monkeypatc
     def no_work(*a, **k):
         raise AssertionError("a cached confirm ran work again")
 
-    monkeypatch.setattr("layersearch.cli.distill.run_distill", no_work)
+    monkeypatch.setattr("layersearch.workflows.distill.distill", no_work)
     monkeypatch.setattr("layersearch.confirm.FinalReadout.score", no_work)
     again = runner.invoke(app, ["confirm", str(path), "-m", "uniform", "-m", "lower"])
     assert again.exit_code == 0, again.output
@@ -94,7 +94,7 @@ def test_confirm_distils_scores_pairs_logs_and_caches(confirm_config, monkeypatc
 
     # More fine-tune seeds: only the missing seed is fine-tuned, on the students already distilled.
     monkeypatch.undo()
-    monkeypatch.setattr("layersearch.cli.distill.run_distill", no_work)
+    monkeypatch.setattr("layersearch.workflows.distill.distill", no_work)
     from layersearch.confirm import FinalReadout
 
     asked, real = [], FinalReadout.score
@@ -113,7 +113,7 @@ def test_confirm_distils_scores_pairs_logs_and_caches(confirm_config, monkeypatc
 def test_confirm_resumes_a_distillation_killed_midway(confirm_config, monkeypatch, tmp_path):
     from test_distill_real import _fail_after
 
-    from layersearch.cli.distill import run_distill
+    from layersearch.workflows.distill import distill
 
     path, raw = confirm_config
     _fail_after(monkeypatch, 5)  # the first distillation dies at step 6, past its checkpoint at 4
@@ -138,7 +138,7 @@ def test_confirm_resumes_a_distillation_killed_midway(confirm_config, monkeypatc
 
     cfg = parse_config(raw)
     resumed_dir = FinalStudents.of(cfg, local_device()).path(Mapping((2, 4, 6), 6), 0)
-    _, whole = run_distill(cfg, "uniform", tmp_path / "uninterrupted", progress=False)
+    whole = distill(cfg, "uniform", tmp_path / "uninterrupted", progress=False).student_path
     a, b = load_file(resumed_dir / "model.safetensors"), load_file(whole / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     uniform, lower = _final_records(raw)

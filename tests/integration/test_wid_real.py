@@ -1,4 +1,4 @@
-"""WID on the real offline teacher: 384 -> 192 wide through ``run_distill``, then SST-2."""
+"""WID on the real offline teacher: 384 -> 192 wide through ``layersearch.distill``, then SST-2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModel, AutoTokenizer
 
-from layersearch.cli.distill import run_distill
+import layersearch
 from layersearch.config import parse_config
 from layersearch.data.tasks import load_task
 from layersearch.readout.finetune import finetune_task
@@ -28,7 +28,8 @@ def test_wid_compresses_minilm_to_a_loadable_student_that_beats_majority(quickst
     raw["distill"]["train"].update(max_steps=24, batch_size=8, learning_rate=3e-4)
     cfg = parse_config(raw)
 
-    run_id, out = run_distill(cfg, "uniform", tmp_path / "student", progress=False)
+    distilled = layersearch.distill(cfg, "uniform", tmp_path / "student", progress=False)
+    run_id, out = distilled.run_id, distilled.student_path
 
     model = AutoModel.from_pretrained(out)
     c = model.config
