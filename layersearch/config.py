@@ -258,6 +258,11 @@ class ProxyConfig(Strict):
     # the two again. A mapping that carries init genes (search.search_init) wins.
     init_layers: Literal[LAYER_CHOICES] | list[PosInt] = "uniform"  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()
+    # Teacher targets (data/targets.py): the teacher's outputs on each slice, computed once and
+    # cached beside the slices, so no evaluation runs the teacher. "auto": on where the config's
+    # estimated total (every slice, plus the agreement readout's held-out states) fits the budget.
+    teacher_cache: Literal["auto", "on", "off"] = "auto"
+    teacher_cache_budget_gb: PosFloat = 10.0
     # The ladder's figures for this proxy (None: never measured); the search reports them.
     evidence: FidelityEvidence | None = None
 
@@ -276,6 +281,12 @@ class ProxyConfig(Strict):
     @classmethod
     def _seeds(cls, seeds: list[int]) -> list[int]:
         return _seed_list(seeds)
+
+    @field_validator("teacher_cache", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class FinetuneConfig(Strict):

@@ -25,13 +25,13 @@ from layersearch.distill import (
     TrainResult,
     adamw,
     loss_terms,
-    micro_batch,
     needs_features,
     optimizer_step,
     total_steps,
     training_device,
 )
-from layersearch.features import Requirements, extract
+from layersearch.distill.trainer import batch_rows, teacher_features
+from layersearch.features import Requirements
 
 
 class _Member:
@@ -66,8 +66,10 @@ class _Member:
 
 
 def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor, cfg: TrainConfig,
-                 pad_token_id: int = 0) -> list[TrainResult | Exception]:
+                 pad_token_id: int = 0, teacher_targets=None) -> list[TrainResult | Exception]:
     """Distil every student of the pack; a diverging one ends with its DivergenceError.
+
+    ``teacher_targets`` (cached, ``data.targets``) stand in for the teacher pass, as in ``train``.
 
     Returns one entry per student, in order: its TrainResult, or the exception
     that stopped it (the rest of the pack carries on).
@@ -86,13 +88,13 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
             break
         sums = [dict() for _ in live]
         for micro in range(cfg.grad_accum_steps):
-            ids = micro_batch(data, (step - 1) * cfg.grad_accum_steps + micro, cfg.batch_size,
-                              cfg.seed).to(device)
+            rows = batch_rows(data.shape[0], (step - 1) * cfg.grad_accum_steps + micro, cfg.batch_size, cfg.seed)
+            ids = data[rows].to(device)
             mask = (ids != pad_token_id).long()
             t_feats = None
             if teacher_req != Requirements():
-                with autocast, torch.no_grad():
-                    t_feats = extract(teacher, ids, mask, teacher_req)
+                with autocast:
+                    t_feats = teacher_features(teacher, teacher_targets, rows, ids, mask, teacher_req)
             for m, acc in zip(live, sums, strict=True):
                 if m.error is not None:
                     continue

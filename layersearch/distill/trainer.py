@@ -79,11 +79,15 @@ def micro_batch(data, index: int, batch_size: int, seed: int,
     ``data`` is a tensor [N, T] or anything indexed like one (``data.blocks.BlockSource``,
     memory-mapped); only the rows of this worker's share are read.
     """
-    n = data.shape[0]
+    return data[batch_rows(data.shape[0], index, batch_size, seed, workers)]
+
+
+def batch_rows(n: int, index: int, batch_size: int, seed: int, workers: Workers | None = None) -> torch.Tensor:
+    """The rows ``micro_batch`` reads: what cached teacher targets are looked up by."""
     per_epoch = max(1, n // batch_size)
     epoch, pos = divmod(index, per_epoch)
     rows = _epoch_order(n, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
-    return data[workers.share(rows) if workers else rows]
+    return workers.share(rows) if workers else rows
 
 
 @functools.lru_cache(maxsize=4)
@@ -145,6 +149,15 @@ def loss_terms(student, loss_module, ids: torch.Tensor, mask: torch.Tensor, t_fe
     return terms
 
 
+def teacher_features(teacher, targets, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                     req: Requirements):
+    """The teacher's features of a micro-batch: read from cached targets where given, else computed."""
+    if targets is not None:
+        return targets.features(rows, req, mask)
+    with torch.no_grad():
+        return extract(teacher, ids, mask, req)
+
+
 def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     total = terms["total"]
     if not torch.isfinite(total):
@@ -195,6 +208,7 @@ def train(
     stop_after: int | None = None,
     callbacks: list[TrainerCallback] = (),
     workers: Workers | None = None,
+    teacher_targets=None,
 ) -> TrainResult:
     """Distil ``teacher`` into ``student`` on the token blocks ``data`` [N, T].
 
@@ -209,6 +223,9 @@ def train(
     Under ``torch.distributed`` (``workers``, default: the current process
     group) every worker runs this same loop on its share of each batch; rank 0
     writes the checkpoints, each worker adds its own random state to them.
+
+    ``teacher_targets`` (``data.targets.TeacherTargets`` of ``data``) replaces the teacher's
+    forward pass with a read of its cached outputs for each micro-batch's rows.
     """
     if data.ndim != 2 or data.shape[0] == 0:
         raise ValueError(f"expected token blocks [N, T], got shape {tuple(data.shape)}")
@@ -254,14 +271,14 @@ def train(
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum_steps):
             index = (step - 1) * cfg.grad_accum_steps + micro
-            ids = micro_batch(data, index, cfg.batch_size, cfg.seed, workers).to(device)
+            rows = batch_rows(data.shape[0], index, cfg.batch_size, cfg.seed, workers)
+            ids = data[rows].to(device)
             mask = (ids != pad_token_id).long()
             with workers.accumulating(step_module, last=micro == cfg.grad_accum_steps - 1):
                 with autocast:
                     t_feats = None
                     if distil:
-                        with torch.no_grad():
-                            t_feats = extract(teacher, ids, mask, teacher_req)
+                        t_feats = teacher_features(teacher, teacher_targets, rows, ids, mask, teacher_req)
                     terms = step_module(ids, mask, t_feats, step, distil)
                 # Every worker learns of a divergence anywhere before anyone's backward pass.
                 (bad,) = workers.any(not torch.isfinite(terms["total"]), device=device)

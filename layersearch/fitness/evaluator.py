@@ -65,7 +65,14 @@ class Evaluator:
         self.tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
         self.pad = self.tokenizer.pad_token_id or 0
         self._slices: dict[int, torch.Tensor] = {}
+        self._targets: dict[int, object] = {}
+        kind = torch.device(self.device).type
+        # Resolved once: the spec key above says the same (fitness.spec.proxy_spec).
+        from layersearch.data.targets import teacher_cache_on
+
+        self.teacher_cache = teacher_cache_on(cfg, kind, self.teacher.config)
         self.slice(cfg.proxy.slice_seeds[0])  # fail at start-up, not in the first evaluation
+        self.targets(cfg.proxy.slice_seeds[0])
         # The agreement readout reads no task data: only held-out corpus blocks.
         self.datasets = ({} if cfg.tasks.readout == "agreement" else
                          {n: load_task(n, cfg.tasks.source) for n in cfg.tasks.names})
@@ -85,12 +92,28 @@ class Evaluator:
                                            seed, reserve).input_ids
         return self._slices[seed]
 
+    def targets(self, seed: int):
+        """The cached teacher targets of one slice (``data.targets``), or None with the cache off."""
+        if not self.teacher_cache:
+            return None
+        if seed not in self._targets:
+            from layersearch.data.targets import slice_targets
+
+            precision = self.slice_config(seed).proxy.train.precision  # resolved, as training runs it
+            self._targets[seed] = slice_targets(self.cfg, self.teacher, self.slice(seed),
+                                                torch.device(self.device).type, precision)
+        return self._targets[seed]
+
     def slice_config(self, seed: int) -> Config:
         """The config one slice's student is built and distilled with: its own random stream."""
         from layersearch.init import proxy_init_config
+        from layersearch.precision import resolve_precision
 
         cfg = copy.deepcopy(self.cfg)
         cfg.proxy.train.seed = self.cfg.proxy.train.seed + seed
+        # "auto" as the spec key resolved it, which depends on the readout (precision.py).
+        cfg.proxy.train.precision = resolve_precision(cfg.proxy.train.precision, torch.device(self.device).type,
+                                                      cfg.tasks.readout)
         cfg.student.init = proxy_init_config(self.cfg)
         return cfg
 
@@ -231,7 +254,7 @@ class Evaluator:
                 cfg, data = self.slice_config(s), self.slice(s)
                 student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
                 result = train(student, self.teacher, loss, data, cfg.proxy.train, pad_token_id=self.pad,
-                               progress=progress)
+                               progress=progress, teacher_targets=self.targets(s))
                 self._distilled(ev, result, s)
                 self._finetune(ev, student, s, seeds, progress, result.seconds)
         except Exception as exc:  # a bad candidate is a result, not a crash
@@ -283,7 +306,7 @@ class Evaluator:
             cfg, data = self.slice_config(s), self.slice(s)
             # Out of memory halves the pack and retries with fresh students, down to one student
             # (which then fails alone); another error is retried member by member.
-            outcomes = split_on_oom(members, functools.partial(self._distil_pack, cfg, data))
+            outcomes = split_on_oom(members, functools.partial(self._distil_pack, cfg, data, self.targets(s)))
             distilled = []
             for (ev, _), out in zip(members, outcomes, strict=True):
                 if isinstance(out, Exception):
@@ -307,7 +330,7 @@ class Evaluator:
             ev.timings["total_s"] = sum(parts) if ev.ok else share
         return [self._finish(ev) for ev in evs]
 
-    def _distil_pack(self, cfg: Config, data: torch.Tensor, members: list) -> list:
+    def _distil_pack(self, cfg: Config, data: torch.Tensor, targets, members: list) -> list:
         """(student, TrainResult) or the exception, for each (evaluation, mapping) of ``members``.
 
         Students are built here, so a retry of part of the pack starts from fresh ones.
@@ -325,7 +348,7 @@ class Evaluator:
         live = [i for i, o in enumerate(out) if not isinstance(o, Exception)]
         if live:
             results = train_packed([out[i][0] for i in live], self.teacher, [out[i][1] for i in live], data,
-                                   cfg.proxy.train, self.pad)
+                                   cfg.proxy.train, self.pad, teacher_targets=targets)
             for i, result in zip(live, results, strict=True):
                 out[i] = result if isinstance(result, Exception) else (out[i][0], result)
         return out

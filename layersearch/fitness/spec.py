@@ -48,7 +48,7 @@ def tasks_identity(source: str, names: list[str]) -> dict:
                 if (root / n / f"{s}.tsv").is_file()} for n in names}
 
 
-def runtime_identity(device: str, precision: str) -> dict:
+def runtime_identity(device: str, precision: str, readout: str | None = None) -> dict:
     import torch
     import transformers
 
@@ -56,7 +56,7 @@ def runtime_identity(device: str, precision: str) -> dict:
 
     # The local build tag (+cpu, +cu121) names the kind of build, which the device
     # kind already covers: a CPU driver and its GPU workers must agree on the key.
-    return {"device": device, "precision": resolve_precision(precision, device),
+    return {"device": device, "precision": resolve_precision(precision, device, readout),
             "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
 
 
@@ -75,12 +75,19 @@ def proxy_spec(cfg: Config, device: str = "cpu") -> dict:
     corpus = {k: v for k, v in data["corpus"].items() if k not in ("cache_dir", "num_proc", "paths")}
     corpus["identity"] = corpus_identity(cfg.corpus)
     # Which seeds a unit has, and what the ladder said of the proxy, change no unit.
-    proxy = {k: v for k, v in data["proxy"].items() if k not in ("slice_seeds", "evidence")}
-    runtime = runtime_identity(device, cfg.proxy.train.precision)
+    proxy = {k: v for k, v in data["proxy"].items()
+             if k not in ("slice_seeds", "evidence", "teacher_cache", "teacher_cache_budget_gb")}
+    runtime = runtime_identity(device, cfg.proxy.train.precision, cfg.tasks.readout)
     # "auto" and what it resolves to on this device kind are the same units;
     # logging and checkpoint cadence change no unit.
     train = {k: v for k, v in proxy["train"].items() if k not in ("log_every", "checkpoint_every")}
     proxy["train"] = {**train, "precision": runtime["precision"]}
+    # Cached teacher targets (data.targets) are named here only when on, so the keys of live units
+    # stay as they were; stored as the teacher pass computed them, at the training precision.
+    from layersearch.data.targets import teacher_cache_on
+
+    if teacher_cache_on(cfg, device):
+        proxy["teacher_targets"] = {"cached": True, "stored": f"as computed at {runtime['precision']}"}
     # Task weights and order only combine units into a fitness, which is derived
     # again from the units on every read: they stay out of the key.
     # Packed fine-tuning gives the units one-at-a-time does; precision as resolved here.

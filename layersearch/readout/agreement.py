@@ -31,15 +31,18 @@ TASK = "agreement"
 
 
 @torch.no_grad()
+def last_hidden_fp32(model, ids: torch.Tensor, device) -> torch.Tensor:
+    """[blocks, tokens, width] float32 last hidden states of one batch, on the CPU."""
+    model.eval()
+    x = ids.to(device)
+    states = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states
+    return states[-1].float().cpu()
+
+
 def last_hidden(model, ids: torch.Tensor, device) -> torch.Tensor:
     """[blocks * tokens, width] float64 last hidden states (blocks are whole: no padding)."""
-    model.eval()
-    out = []
-    for b in range(0, len(ids), BATCH):
-        x = ids[b : b + BATCH].to(device)
-        states = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states
-        out.append(states[-1].double().reshape(-1, states[-1].shape[-1]).cpu())
-    return torch.cat(out)
+    out = [last_hidden_fp32(model, ids[b : b + BATCH], device) for b in range(0, len(ids), BATCH)]
+    return torch.cat([o.double().reshape(-1, o.shape[-1]) for o in out])
 
 
 def ridge_r2(x_fit, y_fit, x_test, y_test, ridge: float, test_blocks: int) -> tuple[np.ndarray, float]:
@@ -75,8 +78,13 @@ class AgreementReadout:
         self.fit_blocks = len(ids) // 2
         self.test_blocks = len(ids) - self.fit_blocks
         self.ids = ids
-        # The teacher's side is the same for every student: computed once.
-        y = last_hidden(teacher.to(device), ids, device)
+        # The teacher's side is the same for every student: computed once, and with the teacher
+        # cache on (data.targets), once per machine and shared through corpus.cache_dir.
+        from layersearch.data.targets import heldout_states, teacher_cache_on
+
+        kind = torch.device(device).type
+        y = (heldout_states(cfg, teacher, ids, kind) if teacher_cache_on(cfg, kind, teacher.config)
+             else last_hidden(teacher.to(device), ids, device))
         cut = self.fit_blocks * ids.shape[1]
         self.y_fit, self.y_test = y[:cut], y[cut:]
 
