@@ -183,28 +183,38 @@ def precision_check(args, overrides: list[str]) -> None:
     tasks = load_config(args.config, overrides).tasks
     names, weights = tasks.scored, tasks.scored_weights
     per = {k: [unit_fitness(ev, names, weights) for _, ev in v] for k, v in runs.items()}
-    if tasks.readout != "finetune":
+    deterministic = tasks.readout != "finetune"
+    if deterministic:
         # A deterministic readout: the same student in both precisions should read the same, unit by
         # unit; what differs is what bf16 changed in the student itself.
-        agree, gaps = [], []
-        for i, ((_, a), (_, b)) in enumerate(zip(runs["fp32"], runs["bf16"], strict=True)):
-            for u in a.units:
-                gaps.append(abs(per["bf16"][i][u] - per["fp32"][i][u]))
-                for t in names:
-                    pa, pb = a.predictions(t, [u])[0], b.predictions(t, [u])[0]
-                    agree.append(float(np.mean(np.isclose(pa, pb))) if pa.dtype.kind == "f"
-                                 else float(np.mean(pa == pb)))
-        print(f"unit by unit ({tasks.readout} readout): {100 * statistics.fmean(agree):.1f}% of dev predictions "
-              f"identical in bf16 and fp32; |bf16 - fp32| per unit mean {statistics.fmean(gaps):.4f}, "
-              f"max {max(gaps):.4f}")
+        gaps = [abs(per["bf16"][i][u] - per["fp32"][i][u]) for i, (_, a) in enumerate(runs["fp32"])
+                for u in a.units]
+        line = (f"unit by unit ({tasks.readout} readout): |bf16 - fp32| per unit mean "
+                f"{statistics.fmean(gaps):.6f}, max {max(gaps):.6f}")
+        if tasks.readout == "probe":  # class predictions: the share that bf16 left unchanged means something
+            agree = [float(np.mean(a.predictions(t, [u])[0] == b.predictions(t, [u])[0]))
+                     for (_, a), (_, b) in zip(runs["fp32"], runs["bf16"], strict=True)
+                     for u in a.units for t in names]
+            line += f"; {100 * statistics.fmean(agree):.1f}% of dev predictions identical"
+        print(line)
     units = sorted(per["fp32"][0])
     same = [kendalltau([u[x] for u in per["fp32"]], [u[x] for u in per["bf16"]]).statistic for x in units]
+    line = f"kendall tau by single units: bf16 vs fp32 on the same unit {statistics.fmean(same):.2f}"
     other = [kendalltau([u[x] for u in per["fp32"]], [u[y] for u in per["fp32"]]).statistic
-             for i, x in enumerate(units) for y in units[i + 1:]]
-    print(f"kendall tau by single units: bf16 vs fp32 on the same unit {statistics.fmean(same):.2f}; "
-          f"fp32 vs fp32 on another seed {statistics.fmean(other):.2f}")
-    print(f"kendall tau fp32 vs bf16: {kendalltau(fp32, bf16).statistic:.2f} over {len(fp32)} mappings "
-          f"(auto may use bf16 at >= 0.9)")
+             for i, x in enumerate(units) for y in units[i + 1:]
+             if not deterministic]  # a deterministic readout has no second seed: no noise ceiling
+    if other:
+        line += f"; fp32 vs fp32 on another seed {statistics.fmean(other):.2f}"
+    elif deterministic:
+        line += " (deterministic readout: no seed noise, so no fp32-vs-fp32 ceiling)"
+    print(line)
+    tau = kendalltau(fp32, bf16).statistic
+    print(f"kendall tau fp32 vs bf16: {tau:.2f} over {len(fp32)} mappings (auto may use bf16 at >= 0.9)")
+    from layersearch.precision import CPU_AUTO_BF16_READOUTS, cpu_has_native_bf16, resolve_precision
+
+    print(f"this CPU has native bf16: {'yes' if cpu_has_native_bf16() else 'no'}; precision auto for the "
+          f"{tasks.readout} readout here: {resolve_precision('auto', 'cpu', tasks.readout)} "
+          f"(readouts whose check passed: {sorted(CPU_AUTO_BF16_READOUTS)})")
 
 
 def main() -> None:
@@ -266,7 +276,7 @@ def main() -> None:
 
     ref = next(ev for label, ev in results if label == "uniform")
     verdicts = compare(("uniform", ref), [(label, ev) for label, ev in results if label != "uniform"], names,
-                       weights)
+                       weights, margin=cfg.tasks.delta)
     print("\nagainst uniform, paired, Holm-corrected:")
     for c in verdicts:
         print(f"  {c.text()}")

@@ -4,13 +4,17 @@ bf16 autocast pays only where the hardware computes in bf16 natively: CUDA
 GPUs, and CPUs with AVX512-BF16 or AMX (x86) or the BF16 extension (Arm);
 elsewhere a CPU emulates it, slower than fp32. ``auto`` is bf16 on a GPU.
 
-On a CPU, even one with native bf16, ``auto`` stays fp32: bf16 had to keep
-the proxy ranking (Kendall tau >= 0.9 between fp32 and bf16 fitness over 8
-mappings, ``bench/fidelity.py --precision-check``) and did not (0.71 at the
-quickstart budget, 1.8x faster; see the README). ``precision: bf16`` is the
-opt-in, and warns where the CPU would only emulate it. The resolved value
-(never "auto") goes into an evaluation's spec key, so bf16 and fp32 units
-are never mixed.
+On a CPU, ``auto`` is bf16 only where both hold: the CPU has native bf16,
+detected at run time from /proc/cpuinfo (``avx512_bf16``, ``amx_bf16`` or Arm's
+``bf16`` flag; never assumed from the machine's name), and the readout is one
+whose ranking survived bf16 (Kendall tau >= 0.9 between fp32 and bf16 fitness
+over 8 mappings, ``bench/fidelity.py --precision-check``): the ``agreement``
+readout (|bf16 - fp32| <= 0.0001 per mapping, identical ranking, 1.6x less
+compute). The fine-tune readout failed it (tau 0.71 at the quickstart budget),
+so ``auto`` stays fp32 there; see docs/fitness.md for the figures. ``precision:
+bf16`` is the opt-in, and warns where the CPU would only emulate it. The
+resolved value (never "auto") goes into an evaluation's spec key, so bf16 and
+fp32 units are never mixed.
 """
 
 from __future__ import annotations
@@ -40,17 +44,20 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-# Flip only with a passing ranking check on this CPU kind (see the module docstring).
-CPU_AUTO_BF16 = False
+# Readouts whose fp32-vs-bf16 ranking check passed on a CPU with native bf16 (see the module
+# docstring); add one only with a passing check.
+CPU_AUTO_BF16_READOUTS = frozenset({"agreement"})
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """``auto`` -> bf16 on a GPU, fp32 on a CPU (see above); explicit values as given."""
+def resolve_precision(precision: str, device_type: str, readout: str | None = None) -> str:
+    """``auto`` -> bf16 on a GPU; on a CPU, bf16 for a checked ``readout`` where the CPU has native
+    bf16, else fp32 (see above); explicit values as given."""
     if precision != "auto":
         return precision
     if device_type == "cuda":
         return "bf16"
-    return "bf16" if device_type == "cpu" and CPU_AUTO_BF16 and cpu_has_native_bf16() else "fp32"
+    native = device_type == "cpu" and readout in CPU_AUTO_BF16_READOUTS and cpu_has_native_bf16()
+    return "bf16" if native else "fp32"
 
 
 def autocast(precision: str, device_type: str) -> AbstractContextManager:

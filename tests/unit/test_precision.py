@@ -25,11 +25,11 @@ def test_native_bf16_read_from_cpu_flags(tmp_path, monkeypatch, flags, native):
     cpu_has_native_bf16.cache_clear()
     try:
         assert cpu_has_native_bf16() is native
-        # Native or not, auto stays fp32 on a CPU: bf16 did not keep the ranking (tau 0.71 < 0.9) ...
+        # Native or not, auto stays fp32 for the fine-tune readout: bf16 did not keep its ranking ...
+        assert resolve_precision("auto", "cpu", "finetune") == "fp32"
         assert resolve_precision("auto", "cpu") == "fp32"
-        # ... unless that check passes and the switch is flipped: then only where bf16 is native.
-        monkeypatch.setattr(precision, "CPU_AUTO_BF16", True)
-        assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+        # ... and is bf16 for a readout whose check passed, only where bf16 is native.
+        assert resolve_precision("auto", "cpu", "agreement") == ("bf16" if native else "fp32")
     finally:
         cpu_has_native_bf16.cache_clear()
 
