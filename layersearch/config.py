@@ -515,8 +515,18 @@ class RayConfig(Strict):
     address: str | None = None
     num_evaluators: PosInt = 1
     num_cpus: PosFloat = 1.0
-    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    # GPUs per search evaluator, and the device policy of every command (fitness.spec.evaluation_device):
+    # "auto" = one GPU where this process sees one, else the CPU; 0 = the CPU even where a GPU is visible.
+    num_gpus: Literal["auto"] | float = "auto"
     max_retries: NonNegInt = 2
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpus(cls, value: str | float) -> str | float:
+        if value != "auto" and value < 0:
+            raise ValueError("give auto or a number of GPUs >= 0")
+        return value
+
     # Candidates trained together against one teacher pass per batch (packed.py);
     # "auto" lets each evaluator choose from its free memory.
     pack_size: PosInt | Literal["auto"] = 1

@@ -99,7 +99,9 @@ class FinalReadout:
 
         self.cfg = cfg
         self.tasks = confirm_tasks(cfg)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from layersearch.fitness.spec import evaluation_device
+
+        self.device = device or evaluation_device(cfg)  # one policy for every command (spec.py)
         self.tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
         self.datasets = {n: load_task(n, self.tasks.source) for n in self.tasks.names}
         self.encoded = TaskEncodings(self.tokenizer, self.datasets, self.tasks.finetune)

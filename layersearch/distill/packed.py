@@ -66,7 +66,8 @@ class _Member:
 
 
 def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor, cfg: TrainConfig,
-                 pad_token_id: int = 0, teacher_targets=None) -> list[TrainResult | Exception]:
+                 pad_token_id: int = 0, teacher_targets=None,
+                 device: str | None = None) -> list[TrainResult | Exception]:
     """Distil every student of the pack; a diverging one ends with its DivergenceError.
 
     ``teacher_targets`` (cached, ``data.targets``) stand in for the teacher pass, as in ``train``.
@@ -74,7 +75,7 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     Returns one entry per student, in order: its TrainResult, or the exception
     that stopped it (the rest of the pack carries on).
     """
-    device, autocast = training_device(cfg.precision)
+    device, autocast = training_device(cfg.precision, device)
     steps = total_steps(cfg, data.shape[1])
     teacher.to(device).eval()
     outer_rng = torch.get_rng_state()

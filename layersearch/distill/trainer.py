@@ -96,14 +96,15 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def training_device(precision: str) -> tuple[torch.device, AbstractContextManager]:
+def training_device(precision: str, device: str | None = None) -> tuple[torch.device, AbstractContextManager]:
     """Where a training loop runs, and the mixed-precision context for its forward passes.
 
     bf16 autocast for "bf16", or for "auto" where the device computes bf16 natively
     (see ``precision``). On a CPU it also keeps freed memory in the process (see
-    ``cpu_memory``), which every training loop wants.
+    ``cpu_memory``), which every training loop wants. ``device`` (an evaluator's, chosen by
+    ``fitness.spec.evaluation_device``) overrides the default, a visible GPU.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         keep_freed_memory()
     return device, autocast(precision, device.type)
@@ -209,6 +210,7 @@ def train(
     callbacks: list[TrainerCallback] = (),
     workers: Workers | None = None,
     teacher_targets=None,
+    device: str | None = None,
 ) -> TrainResult:
     """Distil ``teacher`` into ``student`` on the token blocks ``data`` [N, T].
 
@@ -233,7 +235,7 @@ def train(
     if cfg.batch_size % workers.world_size:
         raise ValueError(f"distill.train.batch_size {cfg.batch_size} must be divisible by the "
                          f"{workers.world_size} workers")
-    device, autocast = training_device(cfg.precision)
+    device, autocast = training_device(cfg.precision, device)
     torch.manual_seed(cfg.seed + workers.rank)  # each worker its own dropout stream
     student.to(device).train()
     teacher.to(device).eval()

@@ -58,7 +58,14 @@ class Evaluator:
         from layersearch.models import load_teacher_for, load_tokenizer
 
         self.cfg = cfg
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from layersearch.fitness.spec import evaluation_device
+
+        self.device = device or evaluation_device(cfg)  # one policy for every command (spec.py)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            from layersearch.errors import UserError
+
+            raise UserError(f"ray.num_gpus is {cfg.ray.num_gpus} but this process sees no GPU; set "
+                            "ray.num_gpus: auto (or 0) to evaluate on the CPU")
         self.spec_key = spec_key(cfg, torch.device(self.device).type)
         self.init_spec_key = init_spec_key(cfg, torch.device(self.device).type)
         self.teacher = load_teacher_for(cfg, attentions=False)
@@ -254,7 +261,7 @@ class Evaluator:
                 cfg, data = self.slice_config(s), self.slice(s)
                 student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
                 result = train(student, self.teacher, loss, data, cfg.proxy.train, pad_token_id=self.pad,
-                               progress=progress, teacher_targets=self.targets(s))
+                               progress=progress, teacher_targets=self.targets(s), device=self.device)
                 self._distilled(ev, result, s)
                 self._finetune(ev, student, s, seeds, progress, result.seconds)
         except Exception as exc:  # a bad candidate is a result, not a crash
@@ -348,7 +355,7 @@ class Evaluator:
         live = [i for i, o in enumerate(out) if not isinstance(o, Exception)]
         if live:
             results = train_packed([out[i][0] for i in live], self.teacher, [out[i][1] for i in live], data,
-                                   cfg.proxy.train, self.pad, teacher_targets=targets)
+                                   cfg.proxy.train, self.pad, teacher_targets=targets, device=self.device)
             for i, result in zip(live, results, strict=True):
                 out[i] = result if isinstance(result, Exception) else (out[i][0], result)
         return out

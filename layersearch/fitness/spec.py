@@ -173,16 +173,41 @@ def confirm_tasks(cfg: Config):
                        finetune=ct.finetune, init_baseline=cfg.confirm.tasks.init_baseline)
 
 
-def local_device() -> str:
-    """The device kind an evaluator in this process runs on."""
+def evaluation_device(cfg: Config) -> str:
+    """The one device policy of every command that evaluates or scores (search, evaluate, compare,
+    baselines, confirm, the benches), and so of every spec key: ``ray.num_gpus`` decides.
+
+    ``auto`` (the default): "cuda" where this process sees a GPU, else "cpu"; a number: "cuda"
+    when above 0, "cpu" at 0, even where a GPU is visible. A search asks Ray for that many GPUs
+    per evaluator (``evaluator_gpus``), so its evaluators run where ``evaluate`` would.
+    """
     import torch
 
+    gpus = cfg.ray.num_gpus
+    if gpus == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if gpus > 0 else "cpu"
+
+
+def evaluator_gpus(cfg: Config) -> float:
+    """GPUs one search evaluator asks Ray for: ``ray.num_gpus``, ``auto`` as ``evaluation_device``."""
+    if cfg.ray.num_gpus == "auto":
+        return 1.0 if evaluation_device(cfg) == "cuda" else 0.0
+    return float(cfg.ray.num_gpus)
+
+
+def local_device(cfg: Config | None = None) -> str:
+    """``evaluation_device(cfg)``; without a config, the ``auto`` policy (a visible GPU)."""
+    import torch
+
+    if cfg is not None:
+        return evaluation_device(cfg)
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def search_device(cfg: Config) -> str:
-    """The device kind the search's Ray evaluators run on: GPUs only where granted."""
-    return "cuda" if cfg.ray.num_gpus > 0 else "cpu"
+    """The device kind the search's evaluators run on: the same policy as every command."""
+    return evaluation_device(cfg)
 
 
 def units_of(cfg: Config) -> list[tuple[int, int]]:

@@ -149,7 +149,9 @@ class EvaluatorPool:
         self.factory = factory or default_factory
         self.spec = spec  # the driver's spec key, which every evaluator must share
         # GPUs on a cluster; tests model them as a custom resource.
-        options = {"num_cpus": cfg.ray.num_cpus, "num_gpus": cfg.ray.num_gpus, "max_restarts": 0}
+        from layersearch.fitness.spec import evaluator_gpus
+
+        options = {"num_cpus": cfg.ray.num_cpus, "num_gpus": evaluator_gpus(cfg), "max_restarts": 0}
         if resources:
             options["resources"] = resources
         self._actor_cls = ray.remote(EvaluatorActor).options(**options)

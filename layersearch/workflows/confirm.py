@@ -52,7 +52,7 @@ def confirm(cfg: Config, mappings: list[str], resume: bool = False, use_cache: b
     n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
     mappings = [resolve_any_mapping(spec, cfg, n) for spec in specs]
     distinct(specs, mappings)
-    device = local_device()
+    device = local_device(cfg)
     final_key, init_key = keys(cfg, device)
     root = cfg.confirm.cache_dir or cfg.search.cache_dir
     cache, init_cache = EvaluationCache(root, final_key), EvaluationCache(root, init_key)

@@ -79,7 +79,7 @@ def evaluate_all(cfg: Config, mappings: list, labels: list[str], use_cache: bool
 
     say = sink(say)
     tracker = tracker or Tracker(cfg.tracking)
-    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device()))
+    cache = EvaluationCache(cfg.search.cache_dir, spec_key(cfg, local_device(cfg)))
     units = units_of(cfg)
     evaluator = None  # teacher, slice and task data load only if something must run
 
@@ -126,7 +126,7 @@ def _proxy_inits(cfg: Config, loaded, tracker, parent_id: str | None, use_cache:
     from layersearch.init import init_identity, proxy_init_config
     from layersearch.search.cache import EvaluationCache
 
-    cache = EvaluationCache(cfg.search.cache_dir, init_spec_key(cfg, local_device()))
+    cache = EvaluationCache(cfg.search.cache_dir, init_spec_key(cfg, local_device(cfg)))
     seen: dict[str, object] = {}
 
     def init_for(ev):
