@@ -1,6 +1,7 @@
 """Whole proxy evaluations per hour: today's path, then each throughput change added one at a time.
 
     .venv/bin/python bench/evaluation_throughput.py [--single 2] [--pack 4] [--seeds 3]
+    .venv/bin/python bench/evaluation_throughput.py --only-teacher-cache [--config CONFIG]  # row 8 alone
 
 A whole evaluation is what a search pays per candidate: the proxy
 distillation and every fine-tune (each proxy task x ``--seeds`` fine-tune
@@ -34,6 +35,16 @@ the run's seeds averaged: seeds within a run share its distillation, so the
 run is the replicate), and t, this bench's seconds per run, and prints
 ``readout probe vs finetune, time to equal precision: Nx`` with
 N = (t_finetune s_finetune^2) / (t_probe s_probe^2).
+
+8. + teacher targets cached (``proxy.teacher_cache``, data/targets.py): the
+   config's own readout on one slice, at ``precision: auto``, one at a time,
+   live (the teacher runs every step) and then reading the slice's cached
+   targets (built first, untimed: a search pays it once per slice). Ends with
+   ``teacher targets cached vs live, whole evaluation: Nx``, the bound (a live
+   evaluation's seconds over a student-only one's: live minus the teacher's
+   forward passes over the same micro-batches, timed alone) and the disk MB
+   per slice. Wall and CPU seconds (``time.process_time``) are both printed:
+   on a shared machine the CPU seconds are the steadier figure.
 """
 
 from __future__ import annotations
@@ -88,6 +99,62 @@ def timed(evaluator: Evaluator, mappings: list, pack: bool) -> float:
     return seconds / len(mappings)
 
 
+def clocked(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def teacher_cache_row(config: str, single: int) -> None:
+    """Row 8: the same evaluations live and with cached teacher targets (see the docstring)."""
+    from layersearch.distill import micro_batch, total_steps
+    from layersearch.features import extract
+    from layersearch.precision import autocast
+
+    cfg = load_config(config, ["proxy.slice_seeds=[0]", "search.racing=null", "proxy.teacher_cache=off"])
+    evaluator = Evaluator(cfg, device="cpu" if not torch.cuda.is_available() else "cuda")
+    m, n = cfg.student.num_layers, evaluator.num_teacher_layers
+    mappings = list(dict.fromkeys(heuristic(h, m, n) for h in HEURISTICS))[:single]
+    scfg = evaluator.slice_config(0)
+    print(f"teacher targets: {cfg.tasks.readout} readout, one slice of {cfg.proxy.slice_blocks} blocks, "
+          f"{cfg.proxy.train.max_steps} steps of {cfg.proxy.train.batch_size} x {cfg.corpus.seq_length}, "
+          f"precision {scfg.proxy.train.precision}, {torch.get_num_threads()} threads; mappings "
+          f"{[list(x.genes) for x in mappings]}", flush=True)
+    live = clocked(lambda: timed(evaluator, mappings, False))
+    evaluator.teacher_cache = True  # the same evaluator, now reading the slice's targets
+    wall, cpu = clocked(lambda: evaluator.targets(0))
+    entry = evaluator.targets(0).entry
+    mb = entry.nbytes / 2**20
+    print(f"teacher targets of one slice: {mb:.0f} MB on disk, {'built' if entry.built else 'found'} in "
+          f"{wall:.1f} s ({cpu:.1f} CPU s)", flush=True)
+    cached = clocked(lambda: timed(evaluator, mappings, False))
+    # The teacher's share of a live evaluation: its forward passes over the same micro-batches.
+    from layersearch.student import make_student
+
+    data = evaluator.slice(0)
+    _, loss, _ = make_student(scfg, evaluator.teacher, mappings[0], data, evaluator.pad)
+    req, steps = loss.teacher_requirements(), total_steps(scfg.proxy.train, data.shape[1])
+
+    def teacher_passes():
+        with autocast(scfg.proxy.train.precision, torch.device(evaluator.device).type), torch.no_grad():
+            for i in range(steps * scfg.proxy.train.grad_accum_steps):
+                ids = micro_batch(data, i, scfg.proxy.train.batch_size, scfg.proxy.train.seed)
+                extract(evaluator.teacher, ids, torch.ones_like(ids), req)
+
+    teacher = clocked(teacher_passes)
+    k = len(mappings)
+    for label, (w, c) in (("live (the teacher runs every step)", live), ("+ teacher targets cached", cached)):
+        print(f"{label:58s} {3600 * k / w:7.1f} evaluations/h  ({w / k:5.1f} s each, {c / k:5.1f} CPU s)  "
+              f"{live[0] / w:5.2f}x live", flush=True)
+    print(f"teacher forward alone per evaluation: {teacher[0]:.1f} s ({teacher[1]:.1f} CPU s)")
+    bound = (live[0] / k) / max(live[0] / k - teacher[0], 1e-9)
+    bound_cpu = (live[1] / k) / max(live[1] / k - teacher[1], 1e-9)
+    print(f"teacher targets cached vs live, whole evaluation: {live[0] / cached[0]:.2f}x "
+          f"(CPU seconds {live[1] / cached[1]:.2f}x); bound, live over student-only: {bound:.2f}x "
+          f"(CPU {bound_cpu:.2f}x); disk {mb:.0f} MB per slice")
+
+
 def run_sd(cfg, cache_dir: Path) -> tuple[float, int] | None:
     """Pooled sd of a distillation run's paired difference against uniform, from cached
     evaluations of ``cfg`` (every mapping there with every unit); None when too few."""
@@ -124,8 +191,14 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=2, help="evaluations timed in each one-at-a-time row")
     ap.add_argument("--pack", type=int, default=4, help="students per pack (K)")
     ap.add_argument("--seeds", type=int, default=3, help="fine-tune seeds per evaluation")
+    ap.add_argument("--only-teacher-cache", action="store_true", help="time row 8 (teacher targets) alone")
     args = ap.parse_args()
-    cfg = load_config(args.config, [*FINETUNE_ONE_SLICE, f"tasks.finetune.seeds={list(range(args.seeds))}"])
+    if args.only_teacher_cache:
+        teacher_cache_row(args.config, args.single)
+        return
+    # Rows 1-7 run the teacher live, as they always did; row 8 turns the cache on.
+    cfg = load_config(args.config, [*FINETUNE_ONE_SLICE, f"tasks.finetune.seeds={list(range(args.seeds))}",
+                                    "proxy.teacher_cache=off"])
     evaluator = Evaluator(cfg, device="cpu" if not torch.cuda.is_available() else "cuda")
     m, n = cfg.student.num_layers, evaluator.num_teacher_layers
     mappings = list(dict.fromkeys(heuristic(h, m, n) for h in HEURISTICS))
@@ -190,7 +263,8 @@ def main() -> None:
     # 7. The deterministic readouts, on the same path: one slice, one unit.
     readout_rate = {}
     for readout in ("probe", "agreement"):
-        rcfg = load_config(args.config, ["proxy.slice_seeds=[0]", "search.racing=null", f"tasks.readout={readout}"])
+        rcfg = load_config(args.config, ["proxy.slice_seeds=[0]", "search.racing=null", f"tasks.readout={readout}",
+                                         "proxy.teacher_cache=off"])
         other = Evaluator(rcfg, device=evaluator.device)
         seconds = timed(other, mappings[: args.single], False)
         readout_rate[readout] = 3600 / seconds
@@ -205,7 +279,7 @@ def main() -> None:
     sd = {}
     for readout, extra in (("finetune", ["tasks.readout=finetune"]), ("probe", ["tasks.readout=probe"]),
                            ("agreement", ["tasks.readout=agreement"])):
-        rcfg = load_config(args.config, ["proxy.slice_seeds=[0,1,2]", *extra])
+        rcfg = load_config(args.config, ["proxy.slice_seeds=[0,1,2]", *extra, "proxy.teacher_cache=off"])
         found = run_sd(rcfg, ladder)
         if found is None:
             print(f"{readout}: the ladder's 3-slice evaluations are not cached; run bench/ladder.py")
@@ -217,6 +291,7 @@ def main() -> None:
         if "finetune" in sd and readout in sd and sd[readout] > 0:
             n = (t_run["finetune"] * sd["finetune"] ** 2) / (t_run[readout] * sd[readout] ** 2)
             print(f"readout {readout} vs finetune, time to equal precision: {n:.1f}x")
+    teacher_cache_row(args.config, args.single)
 
 
 if __name__ == "__main__":
