@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from layersearch.config import load_config
+from layersearch.config import GROUND_TRUTH_MARGIN, load_config
 from layersearch.fitness import local_device, spec_key, units_of
 from layersearch.fitness.aggregate import task_scores, unit_order
 from layersearch.fitness.record import Evaluation, unit_key, unpack_labels
@@ -309,7 +309,7 @@ def report(proxy, truth, budget, mappings) -> dict:
 
     restricted = [(lbl, summarize(gt[lbl].restricted(gt_units), tasks)) for lbl in labels]
     ref = [r for r in restricted if r[0] == "uniform"] or restricted[:1]
-    comps = compare(ref[0], [r for r in restricted if r[0] != ref[0][0]], tasks)
+    comps = compare(ref[0], [r for r in restricted if r[0] != ref[0][0]], tasks, margin=GROUND_TRUTH_MARGIN)
     distinct = sum(c.verdict in ("better", "worse") for c in comps)
     gt_counts = bootstrap_counts(gt_evs, tasks, BOOTSTRAP, rng)
     gt_draws = fitness_draws(gt_evs, gt_units, tasks, gt_counts,

@@ -216,10 +216,20 @@ class FidelityEvidence(Strict):
     gain: float  # the mappings' mean distillation gain over the untouched init
     gain_ci: tuple[float, float]
     source: str  # where and when it was measured
-    # The settings it was measured at, as dotted config keys (proxy.train.max_steps: 40). Where
-    # the config runs another value (an edit or a --set), the figures are about another proxy
-    # and nothing reports them as this one's (Config.evidence_drift).
-    measured_at: dict[str, Any] = {}
+    # The proxy it was measured on: everything that decides a proxy evaluation (the proxy spec of
+    # fitness/spec.py, with the seeds it ran), as `layersearch validate CONFIG --evidence-spec`
+    # prints it. A run whose own differs in any field (an edit or a --set) runs another proxy,
+    # and nothing reports these figures as its own (fidelity.evidence_drift).
+    spec: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_measured_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "measured_at" in data:
+            raise ValueError("measured_at (a hand-written list of settings) was replaced by spec, the whole "
+                             "proxy spec the figures were measured on: print it with layersearch validate "
+                             "CONFIG --evidence-spec and put it under proxy.evidence.spec")
+        return data
 
     @model_validator(mode="after")
     def _tau_with_interval(self) -> FidelityEvidence:
@@ -331,6 +341,16 @@ class AgreementConfig(Strict):
 
 
 READOUTS = ("finetune", "probe", "agreement")
+# Each readout's default margin δ (tasks.margin), in its own units: the proxy difference that the
+# fidelity ladder (docs/fidelity.md) maps to a difference of 0.01 in the final students' Matthews
+# correlation, i.e. 0.5 accuracy points on a balanced task (MCC = 2 acc - 1 there), the low end
+# of the 0.5-2.3 GLUE points a peer study finds layer choice worth. agreement: its differences
+# between the ladder's mappings are about 1.0x the final students' (2.2x with `lower`; the smaller
+# slope, so no difference worth having hides under δ). finetune: 40-step students' differences are
+# about 0.27x the final students'. probe: no slope (its ranking does not follow the final
+# students'), so the final students' own 0.01. See docs/fitness.md, "The margin".
+MARGINS = {"agreement": 0.01, "finetune": 0.003, "probe": 0.01}
+GROUND_TRUTH_MARGIN = 0.01  # confirm's final students, scored as the ground truth is
 
 
 class TasksConfig(Strict):
@@ -348,6 +368,14 @@ class TasksConfig(Strict):
     # Also score the untouched init the same way (one cached evaluation where the
     # init is fixed) and report each evaluation's distillation gain over it.
     init_baseline: bool = True
+    # δ, the smallest difference a verdict calls better or worse (an interval inside ±δ is
+    # "equivalent"), in the readout's units; None: the readout's default (MARGINS).
+    margin: Annotated[float, Field(ge=0)] | None = None
+
+    @property
+    def delta(self) -> float:
+        """The margin δ the verdicts use: ``margin``, or the readout's default."""
+        return MARGINS[self.readout] if self.margin is None else self.margin
 
     @property
     def scored(self) -> list[str]:
@@ -413,6 +441,11 @@ class ConfirmTasks(TasksConfig):
     # The proxy's two tasks and two it does not use.
     names: list[str] = ["sst2", "mrpc", "rte", "cola"]
     finetune: FinetuneConfig = FinetuneConfig(train_examples=3200, seeds=[0, 1, 2, 3, 4])
+
+    @property
+    def delta(self) -> float:
+        """Final students are the ground truth's scale: 0.01 Matthews unless ``margin`` says."""
+        return GROUND_TRUTH_MARGIN if self.margin is None else self.margin
 
     @field_validator("finetune")
     @classmethod
@@ -568,36 +601,6 @@ class Config(Strict):
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _evidence_keys(self) -> Config:
-        evidence = self.proxy.evidence
-        if evidence is not None:
-            data = self.to_dict()
-            missing = [k for k in evidence.measured_at if _get_dotted(data, k) is _MISSING]
-            if missing:
-                raise ValueError(f"proxy.evidence.measured_at: {', '.join(missing)} is not a config key "
-                                 "(give dotted keys such as proxy.train.max_steps)")
-        return self
-
-    def evidence_drift(self) -> list[str]:
-        """Where this config runs another proxy than ``proxy.evidence`` was measured at, one
-        ``key: measured at A, this run B`` each; empty where it matches (or there is none)."""
-        evidence = self.proxy.evidence
-        if evidence is None:
-            return []
-        data = self.to_dict()
-        out = []
-        for key, measured in evidence.measured_at.items():
-            now = _get_dotted(data, key)
-            if not _same(now, measured):
-                out.append(f"{key}: measured at {json.dumps(measured)}, this run {json.dumps(now)}")
-        return out
-
-    @property
-    def evidence(self) -> FidelityEvidence | None:
-        """``proxy.evidence`` where it is about the proxy this config runs, else None."""
-        return None if self.evidence_drift() else self.proxy.evidence
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -104,6 +104,9 @@ class SearchDisplay:
             console.print(self.fidelity, highlight=False, soft_wrap=True)
         for note in info.get("folded", []):
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        if info.get("selection"):
+            console.print(f"selection: genomes are ranked by their fitness adjusted for the units each "
+                          f"holds (a mixed model); {info['selection']}", highlight=False, soft_wrap=True)
         rungs = info["rungs"]
         if len(rungs) > 1:
             console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} seed(s); at most the best "
@@ -132,7 +135,10 @@ def search(config: ConfigArg,
     from layersearch.workflows.search import search as run
 
     cfg = load(config, set_)
-    display = SearchDisplay(fidelity=config_fidelity_text(cfg))
+    from layersearch.fitness.spec import search_device
+
+    fidelity = config_fidelity_text(cfg, search_device(cfg))  # the proxy the evaluators run
+    display = SearchDisplay(fidelity=fidelity)
     try:
         result = run(cfg, resume=resume, export_to=export_to, on_event=display)
     finally:
@@ -149,7 +155,7 @@ def search(config: ConfigArg,
         console.print(f"wrote {export_to}")
     console.print(f"search run {result.run_id}; next: layersearch distill {config} --mapping {result.run_id}")
     say_verdict(result.best, result.versus_uniform, result.winner_is_uniform, result.runner_up)
-    console.print(f"  {config_fidelity_text(cfg)}", highlight=False, soft_wrap=True)
+    console.print(f"  {fidelity}", highlight=False, soft_wrap=True)
     if result.gain is not None:
         from layersearch.fitness.aggregate import gain_text
 
@@ -164,7 +170,8 @@ def say_verdict(best, versus, winner_is_uniform: bool = False, runner_up=None) -
             if runner_up is not None:  # how clear the win is
                 e = runner_up.estimate
                 console.print(f"  the runner-up {runner_up.label} minus uniform: {e.mean:+.4f} [{e.low:+.4f}, "
-                              f"{e.high:+.4f}], p = {runner_up.p_adjusted:.3g} (Holm, {e.units} paired units, "
+                              f"{e.high:+.4f}], δ {runner_up.margin:.4f}, p = {runner_up.p_adjusted:.3g} (Holm, "
+                              f"beyond ±δ; {e.units} paired units, "
                               f"{e.distillation_runs} distillation run(s)) -> {runner_up.verdict}",
                               highlight=False, soft_wrap=True)
         else:
@@ -181,11 +188,12 @@ def say_verdict(best, versus, winner_is_uniform: bool = False, runner_up=None) -
                       "distillation runs is not measured and the difference is about these two students, "
                       "not their mappings; a verdict needs 2 or more slices (proxy.slice_seeds)")
         return
-    words = {"better": "better than", "worse": "worse than", "indistinguishable": "indistinguishable from"}
+    words = {"better": "better than", "worse": "worse than", "equivalent": "equivalent to",
+             "indistinguishable": "indistinguishable from"}
     console.print(f"[bold]verdict:[/] {best.mapping} is [bold]{words[versus.verdict]}[/] uniform: "
-                  f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], "
-                  f"p = {versus.p_adjusted:.3g} over {e.units} paired seed(s) from {e.distillation_runs} "
-                  "distillation runs", highlight=False, soft_wrap=True)
+                  f"{e.mean:+.4f} fitness, 95% interval [{e.low:+.4f}, {e.high:+.4f}], margin δ "
+                  f"{versus.margin:.4f}, p = {versus.p_adjusted:.3g} (beyond ±δ) over {e.units} paired seed(s) "
+                  f"from {e.distillation_runs} distillation runs", highlight=False, soft_wrap=True)
     console.print("  (p is Holm-corrected over every mapping that reached every seed, since the winner was "
                   "chosen among them on these same seeds; the interval is the raw one, not adjusted for that "
                   "choice: it carries the winner's luck, and may exclude 0 where the verdict does not)")
@@ -350,7 +358,12 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     weights = json.loads(params["tasks.weights"]) if params.get("tasks.weights", "null") != "null" else None
     if params.get("tasks.readout") == "agreement":  # one task-free score, whatever tasks the config names
         names, weights = ["agreement"], None
-    comparisons = compare((against, ref), [(label, ev) for label, ev, _ in family], names, weights)
+    from layersearch.config import MARGINS
+
+    # The search's own margin where it logged one; else its readout's default.
+    margin = float(run.data.tags.get("layersearch.margin", MARGINS.get(params.get("tasks.readout"),
+                                                                        MARGINS["finetune"])))
+    comparisons = compare((against, ref), [(label, ev) for label, ev, _ in family], names, weights, margin=margin)
     picked = [(c, (label, ev)) for c, (label, ev, on) in zip(comparisons, family, strict=True) if on]
     with tracker.run(f"compare vs {against}", parent_id=run.info.run_id,
                      tags={"layersearch.kind": "compare"}) as compare_id:

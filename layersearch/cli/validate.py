@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from rich.syntax import Syntax
 
 from layersearch.cli.common import ConfigArg, SetOpt, console, load, user_errors
 
+EvidenceSpecOpt = Annotated[bool, typer.Option(
+    "--evidence-spec", help="Print only the proxy.evidence.spec block of this config's proxy (to paste under "
+                            "proxy.evidence once bench/ladder.py has measured it)")]
+
 
 @user_errors
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def validate(config: ConfigArg, set_: SetOpt = None, evidence_spec: EvidenceSpecOpt = False) -> None:
     """Check a config (schema, teacher, data paths, student shape) and print it resolved."""
+    from layersearch.fidelity import config_fidelity_text, evidence_drift
+
     cfg = load(config, set_)
+    if evidence_spec:
+        import yaml
+
+        from layersearch.fidelity import evidence_spec as spec_of
+
+        # Plain print: the block is meant to be pasted or redirected, with no markup or wrapping.
+        print(yaml.safe_dump({"spec": spec_of(cfg)}, sort_keys=True, width=1000), end="")
+        return
     console.print(Syntax(cfg.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
     from layersearch.search.racing import Ladder
 
     notes = Ladder.folding_notes(cfg)
-    if cfg.evidence_drift():
-        from layersearch.fidelity import config_fidelity_text
-
+    if evidence_drift(cfg):
         notes.append(config_fidelity_text(cfg))
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

@@ -74,21 +74,23 @@ class Comparison:
     label: str  # the other mapping
     reference: str
     estimate: Estimate  # other minus reference
-    p_adjusted: float  # Holm across the comparisons made together
+    p_adjusted: float  # Holm across the comparisons made together, of "beyond ±margin"
     verdict: str
+    margin: float  # δ: the smallest difference the verdict calls better or worse
 
     def to_dict(self) -> dict:
         return {"label": self.label, "reference": self.reference, **self.estimate.to_dict(),
-                "p_adjusted": self.p_adjusted, "verdict": self.verdict}
+                "p_adjusted": self.p_adjusted, "margin": self.margin, "verdict": self.verdict}
 
     def text(self) -> str:
         e = self.estimate
         if not e.about_the_mapping:  # one distillation run each: a fact about these two students
             return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}] for this "
-                    f"student ({e.units} paired units, 1 distillation run each) -> {self.verdict}")
+                    f"student ({e.units} paired units, 1 distillation run each), δ {self.margin:.4f} "
+                    f"-> {self.verdict}")
         return (f"{self.label} vs {self.reference}: {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}], "
-                f"p = {self.p_adjusted:.3g} (Holm, {e.units} paired units, {e.distillation_runs} distillation "
-                f"runs) -> {self.verdict}")
+                f"δ {self.margin:.4f}, p = {self.p_adjusted:.3g} (Holm, beyond ±δ; {e.units} paired units, "
+                f"{e.distillation_runs} distillation runs) -> {self.verdict}")
 
 
 def _paired(ref: Evaluation, other: Evaluation, names: list[str], same_spec: bool = True) -> list[str]:
@@ -112,8 +114,9 @@ def _paired(ref: Evaluation, other: Evaluation, names: list[str], same_spec: boo
 
 
 def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluation]], names: list[str],
-            weights: list[float] | None = None) -> list[Comparison]:
-    """Each other mapping minus the reference, paired, Holm-corrected across ``others``."""
+            weights: list[float] | None = None, *, margin: float) -> list[Comparison]:
+    """Each other mapping minus the reference, paired, Holm-corrected across ``others``, with a
+    verdict at margin δ (``margin``, the tasks section's ``delta``)."""
     ref_label, ref = reference
     w = task_weights(names, weights)
     labels = {t: unpack_labels(ref.dev_labels[t]) for t in names}
@@ -123,11 +126,12 @@ def compare(reference: tuple[str, Evaluation], others: list[tuple[str, Evaluatio
         estimates.append(paired_difference(
             {t: ref.predictions(t, units) for t in names}, {t: ev.predictions(t, units) for t in names},
             labels, w, groups=[ref.units[u]["slice_seed"] for u in units]))
-    return [Comparison(label, ref_label, e, p, word)
-            for (label, _), e, (p, word) in zip(others, estimates, family_verdicts(estimates), strict=True)]
+    return [Comparison(label, ref_label, e, p, word, margin) for (label, _), e, (p, word)
+            in zip(others, estimates, family_verdicts(estimates, margin=margin), strict=True)]
 
 
-GAIN_WORDS = ("positive", "none", "negative")
+THIS_STUDENT = "this student"  # one distillation run: the gain is about this student, not the mapping
+GAIN_WORDS = ("positive", "none", "negative", THIS_STUDENT)
 
 
 def distillation_gain(after: Evaluation, init: Evaluation, names: list[str],
@@ -145,7 +149,11 @@ def distillation_gain(after: Evaluation, init: Evaluation, names: list[str],
 
 
 def gain_word(gain: Estimate) -> str:
-    """``positive`` or ``negative`` where the 95% interval excludes 0, else ``none``."""
+    """``positive`` or ``negative`` where the 95% interval excludes 0, else ``none``; with one
+    distillation run, ``this student``: as for a verdict, the interval then holds one student's
+    dev-set (and fine-tune) noise, not the spread between runs, so it says nothing of the mapping."""
+    if not gain.about_the_mapping:
+        return THIS_STUDENT
     if gain.low > 0:
         return "positive"
     if gain.high < 0:
@@ -156,6 +164,10 @@ def gain_word(gain: Estimate) -> str:
 def gain_text(gain: Estimate) -> str:
     word = gain_word(gain)
     text = f"distillation gain {gain.mean:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}] -> {word}"
+    if word == THIS_STUDENT:
+        return text + (" (1 distillation run: the interval holds this student's noise, not the spread "
+                       "between runs; 2 or more proxy slices, e.g. --set 'proxy.slice_seeds=[0,1]', say "
+                       "whether distillation helps this mapping)")
     if word != "positive":
         text += " (no better than the untouched init: this fitness measures the init, not the mapping)"
     return text

@@ -92,8 +92,11 @@ class Evaluation:
 
     # --- units ----------------------------------------------------------------
     def missing(self, wanted: list[str]) -> list[str]:
-        """The wanted units this record lacks. A failure is final; a unit-less record is whole."""
-        if not self.ok or not self.units:
+        """The wanted units this record lacks: a failed record holds none of them (whether to try
+        again is the cache's call, not this answer's); a unit-less record (a test double) is whole."""
+        if not self.ok:
+            return list(wanted)
+        if not self.units:
             return []
         return [u for u in wanted if u not in self.units]
 

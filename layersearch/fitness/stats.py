@@ -48,7 +48,9 @@ LEVEL = 0.95
 BOOTSTRAP = 1000
 SLICE_POOLING_LEVEL = 0.75
 NO_VERDICT = "no verdict"  # one distillation run: the difference is about this student, not the mapping
-VERDICTS = ("better", "worse", "indistinguishable", NO_VERDICT)
+# "equivalent": the interval lies inside the margin (±δ), so the difference, whatever its sign, is
+# smaller than any worth having; better/worse need it to lie beyond.
+VERDICTS = ("better", "worse", "equivalent", "indistinguishable", NO_VERDICT)
 
 
 # --- chance-corrected scores ---------------------------------------------------
@@ -129,6 +131,31 @@ class Estimate:
         """Two or more distillation runs: the spread between them is measured, so the
         interval is about the mapping; with one it is about this one student."""
         return self.distillation_runs >= 2
+
+    @property
+    def se(self) -> float:
+        """The standard error the interval was built from (its half-width over the t quantile)."""
+        dist = sps.t(self.df) if math.isfinite(self.df) else sps.norm()
+        return self.half_width / float(dist.ppf(0.5 + LEVEL / 2))
+
+    def p_beyond(self, margin: float) -> float:
+        """p of "the difference lies beyond ±``margin`` on the estimate's side": below 0.05 exactly
+        where the 95% interval does. At margin 0 it is the test against no difference."""
+        if margin == 0:
+            return self.p_value
+        return self._p(abs(self.mean) - margin)
+
+    def p_inside(self, margin: float) -> float:
+        """p of "the difference lies inside ±``margin``" (two one-sided tests): below 0.05 exactly
+        where the 95% interval lies inside ±margin."""
+        return self._p(margin - abs(self.mean))
+
+    def _p(self, distance: float) -> float:
+        se = self.se
+        if not se > 0:  # a point interval: the claim holds or it does not
+            return 0.0 if distance > 0 else 1.0
+        dist = sps.t(self.df) if math.isfinite(self.df) else sps.norm()
+        return min(1.0, float(2 * dist.sf(distance / se)))
 
     def to_dict(self) -> dict:
         """Plain JSON: an unmeasured or unbounded value is null."""
@@ -282,8 +309,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def verdict(estimate: Estimate, adjusted_p: float, alpha: float = 1 - LEVEL) -> str:
-    """``better``/``worse`` when the (adjusted) test rejects no difference, else ``indistinguishable``.
+def verdict(estimate: Estimate, adjusted_p: float, alpha: float = 1 - LEVEL, margin: float = 0.0,
+            adjusted_p_inside: float | None = None) -> str:
+    """The word a comparison ends with, at margin δ (``margin``): ``better``/``worse`` when the
+    (Holm-adjusted) test says the difference lies beyond ±δ, ``equivalent`` when it lies inside
+    ±δ, else ``indistinguishable``. ``adjusted_p`` is the adjusted ``p_beyond(margin)`` and
+    ``adjusted_p_inside`` the adjusted ``p_inside(margin)`` (unadjusted when not given).
 
     A difference is called only when it is about the mapping: two or more
     distillation runs, so that their spread is in the interval. With one, the
@@ -291,12 +322,18 @@ def verdict(estimate: Estimate, adjusted_p: float, alpha: float = 1 - LEVEL) -> 
     """
     if not estimate.about_the_mapping:
         return NO_VERDICT
-    if not estimate.seed_noise_measured or adjusted_p >= alpha:
+    if not estimate.seed_noise_measured:
         return "indistinguishable"
-    return "better" if estimate.mean > 0 else "worse"
+    if adjusted_p < alpha:
+        return "better" if estimate.mean > 0 else "worse"
+    inside = estimate.p_inside(margin) if adjusted_p_inside is None else adjusted_p_inside
+    return "equivalent" if margin > 0 and inside < alpha else "indistinguishable"
 
 
-def family_verdicts(estimates: Sequence[Estimate], alpha: float = 1 - LEVEL) -> list[tuple[float, str]]:
-    """(Holm-adjusted p, verdict) for each of a family of comparisons made together."""
-    adjusted = holm([e.p_value for e in estimates])
-    return [(p, verdict(e, p, alpha)) for e, p in zip(estimates, adjusted, strict=True)]
+def family_verdicts(estimates: Sequence[Estimate], alpha: float = 1 - LEVEL,
+                    margin: float = 0.0) -> list[tuple[float, str]]:
+    """(Holm-adjusted p beyond ±``margin``, verdict) for each of a family of comparisons made
+    together; the equivalence tests are Holm-adjusted over the family as well."""
+    beyond = holm([e.p_beyond(margin) for e in estimates])
+    inside = holm([e.p_inside(margin) for e in estimates])
+    return [(p, verdict(e, p, alpha, margin, q)) for e, p, q in zip(estimates, beyond, inside, strict=True)]

@@ -45,6 +45,8 @@ class EvaluationCache:
         stored = self.get(mapping)
         if stored is None:
             return None, None
+        if not stored.ok:
+            return stored, None  # a stored failure is deterministic (only those are cached): final
         wanted = [unit_key(s, f) for s, f in units]
         if stored.missing(wanted):
             return None, stored

@@ -38,7 +38,7 @@ from layersearch.search.progress import Progress, Work, new_per_generation, plan
 from layersearch.search.racing import Ladder, race
 from layersearch.search.runs import SearchRuns
 from layersearch.search.scorer import RungScorer
-from layersearch.search.selection import adjusted_means, elites_to_promote, final_race_entrants
+from layersearch.search.selection import NO_SPREAD_SELECTION, adjusted_means, elites_to_promote, final_race_entrants
 from layersearch.search.state import FAILED, GAState, update_hall_of_fame
 from layersearch.tracking import Tracker
 
@@ -131,7 +131,8 @@ class SearchDriver:
                     "configured": self.cfg.search.strategy, "space": self.space.size(),
                     "budget": self.cfg.search.budget or self.cfg.search.population * self.cfg.search.generations,
                     "rungs": [len(self.ladder.units(r)) for r in range(len(self.ladder))],
-                    "reduction": self.ladder.reduction, "folded": Ladder.folding_notes(self.cfg)})
+                    "reduction": self.ladder.reduction, "folded": Ladder.folding_notes(self.cfg),
+                    "selection": NO_SPREAD_SELECTION})
                 while not self.ga.done(state):
                     self.progress.generation = state.generation
                     pending = self.ga.pending(state)

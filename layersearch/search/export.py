@@ -67,6 +67,8 @@ class Export:
             extra.update(fitness_ci=[ev.fitness_ci_low, ev.fitness_ci_high], fitness_seeds=ev.fitness_seeds,
                          intervals=RAW_INTERVALS)
             self.tracker.set_tags(parent, {"layersearch.winner_intervals": RAW_INTERVALS})
+        # The margin every verdict of this search is at (δ, in the readout's units).
+        self.tracker.set_tags(parent, {"layersearch.margin": self.cfg.tasks.delta})
         if mapping == self.uniform():
             # Nothing beat uniform: the winner is uniform itself, a difference of 0 by definition.
             extra.update(verdict="indistinguishable", winner_is_uniform=True)
@@ -202,7 +204,7 @@ class Export:
                 family.append((str(ev.mapping), ev))
         try:
             comparisons = compare(("uniform", ref), [(str(best.mapping), best), *family],
-                                  self.cfg.tasks.scored, self.cfg.tasks.scored_weights)
+                                  self.cfg.tasks.scored, self.cfg.tasks.scored_weights, margin=self.cfg.tasks.delta)
         except PairingError as exc:  # e.g. evaluators that disagreed on the spec
             self.on_event("warning", self.progress, {"message": f"no verdict against uniform: {exc}"})
             return None

@@ -45,7 +45,9 @@ class SearchRuns:
                       rungs=json.dumps([len(self.ladder.units(r)) for r in range(len(self.ladder))]))
         self.tracker.log_params(run_id, params)
         self.tracker.log_text(run_id, self.cfg.to_yaml(), "config.yaml")
-        self.tracker.set_tags(run_id, {"proxy_fidelity": fidelity_tag(self.cfg)})
+        from layersearch.fitness.spec import search_device
+
+        self.tracker.set_tags(run_id, {"proxy_fidelity": fidelity_tag(self.cfg, search_device(self.cfg))})
 
     def load_children(self, parent: str) -> None:
         """The child runs a resumed search logged before."""

@@ -38,13 +38,18 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 # The likelihood-ratio statistic a spread between genomes must reach before it is fitted: the
-# 0.8 quantile of chi2(1), i.e. a test of s_a^2 = 0 at level 0.2 on the boundary's 50:50
-# chi2(0)/chi2(1) mixture. Equal genomes give a positive ML ratio in about 45% of races, and each
-# such fit only partly shrinks away the rung-0 luck the unpromoted were left behind on (-0.24 unit
-# sd for them, against 0 where the ratio is 0); the test cuts that to 1 race in 5 and brings the
-# bench's bias from -0.106 to -0.082. The level is lenient on purpose: a weak real spread still
-# reaches the GA (bench/search_quality.py's ga+racing row is unchanged by it).
+# 0.6 quantile of chi2(1) (scipy.stats.chi2(1).ppf(0.6)), i.e. a test of s_a^2 = 0 at level 0.2
+# on the boundary's 50:50 chi2(0)/chi2(1) mixture (0.5 x P(chi2(1) > 0.708) = 0.2). Equal
+# genomes give a positive ML ratio in about 45% of races, and each such fit only partly shrinks
+# away the rung-0 luck the unpromoted were left behind on (-0.24 unit sd for them, against 0
+# where the ratio is 0); the test cuts that to 1 race in 5 and brings the bench's bias from
+# -0.106 to -0.082. The level is lenient on purpose: a weak real spread still reaches the GA
+# (bench/search_quality.py's ga+racing row is unchanged by it).
 SPREAD_TEST = 0.7083263008007934
+# What the GA selects on in a generation where the test finds no spread, in the search's words.
+NO_SPREAD_SELECTION = ("where the spread test finds no spread between genomes, every genome gets the "
+                       "same fitness (the top rung's mean) and the GA selects among them at random; the "
+                       "final race still scores its entrants on every unit")
 
 
 def _profile(lam: float, y: np.ndarray, held: np.ndarray) -> tuple[float, np.ndarray]:
@@ -98,12 +103,20 @@ def adjusted_means(table: dict[Hashable, dict[Hashable, float]], reference: Sequ
     best = int(np.argmin(scores))
     lam, fitted = grid[best], scores[best]
     if 0 < best < len(grid) - 1:
+        # Bounded Brent between the grid's neighbours: a bracket (a, b, c) would need f(b) below
+        # both ends, which fails where the neighbour below 1e-4 is 0 (the log scale needs a
+        # stand-in end there, and the profile can dip below the grid point before it).
+        low = np.log(grid[best - 1]) if best > 1 else np.log(grid[1]) - 4 * np.log(10)
         fit = minimize_scalar(lambda t: _profile(float(np.exp(t)), y, held)[0],
-                              bracket=(np.log(grid[best - 1] or 1e-5), np.log(lam), np.log(grid[best + 1])))
+                              bounds=(low, np.log(grid[best + 1])), method="bounded")
         if fit.fun < scores[best]:
             lam, fitted = float(np.exp(fit.x)), float(fit.fun)
     if scores[0] - fitted < SPREAD_TEST:
-        lam = 0.0  # no spread between genomes the data can tell from chance: none stands out
+        # No spread between genomes the data can tell from chance: none stands out, so every
+        # genome gets the same fitness (the top rung's mean) and the GA's tournaments pick at
+        # random among them (NO_SPREAD_SELECTION, said at the search's start); ranking them by
+        # their raw means instead would rank the rung-0 luck the test could not tell from skill.
+        lam = 0.0
     _, unit = _profile(lam, y, held)
     m = float(unit[ref].mean())
     r = np.where(held, y - unit[None, :], 0.0).sum(axis=1)

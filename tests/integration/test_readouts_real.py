@@ -59,7 +59,12 @@ def test_compare_with_agreement_gives_verdicts_with_intervals(quickstart_raw, wr
     result = runner.invoke(app, ["compare", str(write_config(raw)), "-m", "uniform", "-m", "upper"])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("upper vs uniform:"))
-    assert "[" in line and "paired units" in line and line.split("-> ")[-1] in ("better", "worse", "indistinguishable")
+    # The verdict follows its interval and the printed margin δ (agreement's default 0.01).
+    lo, hi = (float(x) for x in line.split("[")[1].split("]")[0].split(", "))
+    assert "δ 0.0100" in line and "paired units" in line
+    word = line.split("-> ")[-1]
+    assert word == ("better" if lo > 0.01 else "worse" if hi < -0.01 else "equivalent" if -0.01 < lo and hi < 0.01
+                    else "indistinguishable"), line
     assert "held-out R^2" in result.stdout.replace("\n", " ")
     assert result.stdout.count("distillation gain") == 2
     # The verdicts say what they rank, and that the shipped proxy's ladder figures (40 steps, 512

@@ -201,15 +201,36 @@ def test_comparison_pairs_units_and_refuses_other_specs():
     units = ((0, 0), (1, 0), (2, 0))
     ref = summarize(record(wrong=2, units=units), ["a", "b"])
     other = summarize(record((1, 5, 6), wrong=12, units=units), ["a", "b"])
-    (c,) = compare(("uniform", ref), [("x", other)], ["a", "b"])
+    (c,) = compare(("uniform", ref), [("x", other)], ["a", "b"], margin=0.003)
     assert c.estimate.mean < 0 and c.estimate.units == 3 and c.verdict == "worse"
+    assert "δ 0.0030" in c.text() and c.to_dict()["margin"] == 0.003
     # The same units from one slice: three fine-tunes of one student each, so no verdict.
     one = ((0, 0), (0, 1), (0, 2))
     (c,) = compare(("uniform", summarize(record(wrong=2, units=one), ["a", "b"])),
-                   [("x", summarize(record((1, 5, 6), wrong=12, units=one), ["a", "b"]))], ["a", "b"])
+                   [("x", summarize(record((1, 5, 6), wrong=12, units=one), ["a", "b"]))], ["a", "b"],
+                   margin=0.003)
     assert c.estimate.low < c.estimate.high < 0 and c.verdict == "no verdict" and "this student" in c.text()
     with pytest.raises(PairingError, match="different proxy specs"):
-        compare(("uniform", ref), [("x", record(spec="spec2"))], ["a", "b"])
+        compare(("uniform", ref), [("x", record(spec="spec2"))], ["a", "b"], margin=0.003)
+
+
+def test_a_verdict_calls_only_what_its_interval_puts_beyond_the_margin():
+    """A constructed difference (10 more mistakes per task, on three slices) against margins on
+    either side of its interval: beyond δ it is worse, inside ±δ equivalent, straddling δ neither."""
+    units = ((0, 0), (1, 0), (2, 0))
+    ref = summarize(record(wrong=2, units=units), ["a", "b"])
+    other = summarize(record((1, 5, 6), wrong=12, units=units), ["a", "b"])
+
+    def word(margin):
+        (c,) = compare(("uniform", ref), [("x", other)], ["a", "b"], margin=margin)
+        return c.estimate, c.verdict, c.text()
+
+    e, verdict, _ = word(0.0)
+    assert e.high < 0 and verdict == "worse"
+    assert word(-e.high * 0.9)[1] == "worse"  # the interval lies beyond -δ
+    assert word((-e.high - e.low) / 2)[1] == "indistinguishable"  # -δ falls inside the interval
+    _, verdict, text = word(-e.low * 1.1)  # the whole interval inside ±δ: smaller than any worth having
+    assert verdict == "equivalent" and f"δ {-e.low * 1.1:.4f}" in text
 
 
 # --- the cache ---------------------------------------------------------------------
@@ -241,6 +262,13 @@ def test_cache_merges_units_and_answers_for_the_units_asked(tmp_path):
     assert partial is None and sorted(hit.units) == ["s0-f0", "s0-f2"] and hit.fitness_seeds == 2
     hit, partial = cache.lookup(m, [(0, 0), (1, 0)], ["a", "b"])
     assert hit is None and partial.missing(["s0-f0", "s1-f0"]) == ["s1-f0"]
+    # A failed record holds none of the units (bench/ladder.py counted one as complete), and a
+    # stored deterministic failure is still final for the cache: no re-evaluation.
+    failed_only = Evaluation([1, 3, 6], 6, "spec1", status="failed: DivergenceError: loss nan")
+    assert failed_only.missing(["s0-f0", "s1-f0"]) == ["s0-f0", "s1-f0"]
+    assert cache.put(failed_only)
+    hit, partial = cache.lookup(failed_only.mapping, [(0, 0)], ["a", "b"])
+    assert partial is None and hit.status == failed_only.status
     # A deterministic failure while extending does not erase the proven units.
     failed = Evaluation([2, 4, 6], 6, "spec1", status="failed: FinetuneDivergence: loss nan")
     assert not cache.put(failed) and sorted(cache.get(m).units) == ["s0-f0", "s0-f1", "s0-f2"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from layersearch.config import ConfigError, parse_config
+from layersearch.config import ConfigError, apply_overrides, parse_config
 from layersearch.fitness import Evaluation, PairingError, init_spec_key, spec_key, summarize
 from layersearch.fitness.aggregate import distillation_gain, gain_word
 from layersearch.fitness.record import pack_labels, unit_key
@@ -16,30 +20,44 @@ N = 400
 
 
 def record(p_right: float, seeds=(0, 1, 2), spec: str = "s", genes=(2, 4, 6), rng_seed: int = 0,
-           labels: np.ndarray | None = None) -> Evaluation:
-    """Units whose predictions are right with probability ``p_right`` (each seed its own draw)."""
+           labels: np.ndarray | None = None, slices=(0,)) -> Evaluation:
+    """Units whose predictions are right with probability ``p_right`` (each unit its own draw);
+    one distillation run per slice."""
     rng = np.random.default_rng(rng_seed)
     y = np.arange(N) % 2 if labels is None else labels
     ev = Evaluation(list(genes), 6, spec, dev_labels={"sst2": pack_labels(y)}, majority={"sst2": 0.5})
-    for f in seeds:
+    for s, f in [(s, f) for s in slices for f in seeds]:
         right = rng.random(N) < p_right
-        ev.units[unit_key(0, f)] = {"slice_seed": 0, "finetune_seed": f, "distill_s": 1.0,
+        ev.units[unit_key(s, f)] = {"slice_seed": s, "finetune_seed": f, "distill_s": 1.0,
                                     "tasks": {"sst2": {"predictions": pack_labels(np.where(right, y, 1 - y)),
                                                        "metrics": {}, "seconds": 1.0, "steps": 1}}}
     return summarize(ev, ["sst2"])
 
 
 def test_gain_is_the_paired_difference_and_its_word_follows_the_interval():
-    init = record(0.6, spec="init", rng_seed=1)
-    better = record(0.8, rng_seed=2)
+    three = (0, 1, 2)  # three distillation runs: the gain is about the mapping
+    init = record(0.6, spec="init", rng_seed=1, slices=three)
+    better = record(0.8, rng_seed=2, slices=three)
     g = distillation_gain(better, init, ["sst2"])
     assert g.mean == pytest.approx(better.fitness - init.fitness, abs=1e-9)
     assert g.low > 0 and gain_word(g) == "positive"
     assert gain_word(distillation_gain(init, better, ["sst2"])) == "negative"
     # The same students: no gain, and the word says so.
-    same = record(0.6, spec="s", rng_seed=1)
+    same = record(0.6, spec="s", rng_seed=1, slices=three)
     g0 = distillation_gain(same, init, ["sst2"])
     assert g0.mean == 0 and gain_word(g0) == "none"
+
+
+def test_one_distillation_run_gains_only_for_this_student():
+    """One run (three fine-tune seeds of one student): the interval excludes 0, but it holds one
+    student's noise, so the gain word is "this student", as a verdict would be "no verdict"."""
+    from layersearch.fitness.aggregate import gain_text
+
+    g = distillation_gain(record(0.8, rng_seed=2), record(0.6, spec="init", rng_seed=1), ["sst2"])
+    assert g.low > 0 and g.distillation_runs == 1
+    assert gain_word(g) == "this student"
+    text = gain_text(g)
+    assert "-> this student" in text and "positive" not in text and "proxy.slice_seeds" in text
 
 
 def test_gain_word_thresholds():
@@ -49,6 +67,7 @@ def test_gain_word_thresholds():
     assert gain_word(est(0.001, 0.1)) == "positive"
     assert gain_word(est(-0.001, 0.1)) == "none"
     assert gain_word(est(-0.1, -0.001)) == "negative"
+    assert gain_word(Estimate(0.05, 0.001, 0.1, 3, 0.1, 0.1, 2.0, 0.5, 1)) == "this student"
 
 
 def test_gain_needs_shared_units_and_dev_examples():
@@ -103,34 +122,87 @@ def test_confirm_config_needs_measured_seed_noise(quickstart_raw):
         parse_config(quickstart_raw)
 
 
-def test_fidelity_evidence_applies_only_to_the_proxy_it_measured(quickstart_raw):
-    from layersearch.fidelity import config_fidelity_text, fidelity_tag
+EVIDENCE = {"tau": 0.6, "tau_ci": [0.2, 0.9], "gain": 0.03, "gain_ci": [0.01, 0.05], "source": "bench/ladder.py"}
 
-    quickstart_raw["proxy"]["evidence"] = {
-        "tau": 0.6, "tau_ci": [0.2, 0.9], "gain": 0.03, "gain_ci": [0.01, 0.05], "source": "bench/ladder.py",
-        # YAML reads 3e-4 as a string: still the same learning rate as the config's 3.0e-4.
-        "measured_at": {"proxy.train.max_steps": 40, "proxy.train.learning_rate": "3e-4",
-                        "objective.terms": {"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0}}}
-    cfg = parse_config(quickstart_raw)
-    assert cfg.evidence_drift() == [] and fidelity_tag(cfg) == "validated"
+
+def with_evidence(raw: dict) -> dict:
+    """``raw`` carrying ladder figures measured on its own proxy (its evidence spec)."""
+    from layersearch.fidelity import evidence_spec
+
+    raw = copy.deepcopy(raw)
+    raw["proxy"]["evidence"] = None
+    raw["proxy"]["evidence"] = {**EVIDENCE, "spec": evidence_spec(parse_config(raw))}
+    return raw
+
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 if value else 0.5
+    return None
+
+
+def test_fidelity_evidence_follows_every_field_of_the_proxy_spec(quickstart_raw):
+    """Every key of the spec: a run whose value differs is another proxy, gets "not measured" and
+    no figures. Then every setting of the config: one that changes the spec key (or the seeds)
+    gets it too, including the settings a hand-written list left out."""
+    from layersearch.fidelity import _leaves, applicable_evidence, config_fidelity_text, evidence_drift, fidelity_tag
+    from layersearch.tracking import flatten
+
+    raw = with_evidence(quickstart_raw)
+    cfg = parse_config(raw)
+    assert evidence_drift(cfg) == [] and fidelity_tag(cfg) == "validated"
     assert "Kendall tau +0.60" in config_fidelity_text(cfg)
-    quickstart_raw["proxy"]["train"]["max_steps"] = 1
-    quickstart_raw["objective"]["terms"]["logit_kd"] = 1.0
-    cfg = parse_config(quickstart_raw)
-    assert cfg.evidence is None and fidelity_tag(cfg) == "unmeasured"
-    assert [d.split(":")[0] for d in cfg.evidence_drift()] == ["proxy.train.max_steps", "objective.terms"]
-    text = config_fidelity_text(cfg)
-    assert "measured at 40, this run 1" in text and "not measured" in text and "Kendall" not in text
-    quickstart_raw["proxy"]["evidence"]["measured_at"] = {"proxy.train.max_step": 40}
-    with pytest.raises(ConfigError, match="proxy.train.max_step is not a config key"):
+    leaves = _leaves(raw["proxy"]["evidence"]["spec"])
+    assert {"teacher.files.model.safetensors", "student.init.method", "student.hidden_size", "seeds.slices",
+            "proxy.train.max_steps"} <= set(leaves) and any(k.startswith("corpus.identity") for k in leaves)
+    for key in leaves:
+        changed = copy.deepcopy(raw)
+        node = changed["proxy"]["evidence"]["spec"]
+        *path, last = key.split(".") if not key.startswith("teacher.files.") else ["teacher", "files",
+                                                                                  key[len("teacher.files."):]]
+        for k in path:
+            node = node[k]
+        node[last] = ["another proxy", node[last]]
+        cfg = parse_config(changed)
+        assert [d.split(": measured")[0] for d in evidence_drift(cfg)] == [key]
+        assert applicable_evidence(cfg) is None and fidelity_tag(cfg) == "unmeasured"
+        assert "not measured" in config_fidelity_text(cfg) and "Kendall" not in config_fidelity_text(cfg)
+    # The config side, for both readouts: any change of a unit's identity (or seeds) is another proxy.
+    named = [("student.hidden_size", 192), ("student.init.method", "etd-rand"), ("proxy.slice_seeds", [0, 1]),
+             ("corpus.paths", [str(Path(raw["corpus"]["paths"][0]).parent / "state_union")]),
+             ("teacher.model", "offline:minilm-l6"), ("search.fix_last", False), ("tasks.margin", 0.05)]
+    for readout in ("finetune", "agreement"):
+        base = with_evidence({**raw, "tasks": {**raw["tasks"], "readout": readout}})
+        key0 = spec_key(parse_config(base))
+        flat = {k: v for k, v in flatten(base).items() if k.split(".")[0] in
+                ("teacher", "student", "objective", "corpus", "proxy", "tasks") and not k.startswith("proxy.evidence")}
+        trials = [(k, _perturbed(v)) for k, v in flat.items() if _perturbed(v) is not None] + named
+        spec_changes = 0
+        for key, value in trials:
+            try:
+                cfg = parse_config(apply_overrides(copy.deepcopy(base), [f"{key}={json.dumps(value)}"]))
+            except ConfigError:
+                continue
+            another = spec_key(cfg) != key0 or key in ("proxy.slice_seeds",)
+            spec_changes += another
+            assert bool(evidence_drift(cfg)) == another, (readout, key, value, evidence_drift(cfg))
+        assert spec_changes >= 15, spec_changes
+
+
+def test_evidence_in_the_old_form_is_refused_with_what_to_do(quickstart_raw):
+    quickstart_raw["proxy"]["evidence"] = {**EVIDENCE, "measured_at": {"proxy.train.max_steps": 40}}
+    with pytest.raises(ConfigError, match="measured_at .* was replaced by spec.*--evidence-spec"):
         parse_config(quickstart_raw)
 
 
 def test_fidelity_evidence_says_whether_the_proxy_is_validated(quickstart_raw):
     from layersearch.fidelity import fidelity_text
 
-    quickstart_raw["proxy"]["evidence"] = {"tau": 0.6, "tau_ci": [0.2, 0.9], "gain": 0.03,
-                                           "gain_ci": [0.01, 0.05], "source": "bench/ladder.py"}
+    quickstart_raw["proxy"]["evidence"] = {**EVIDENCE, "spec": {}}
     good = parse_config(quickstart_raw).proxy.evidence
     assert good.validated and "agrees with final students" in fidelity_text(good)
     assert "Kendall tau +0.60 [+0.20, +0.90]" in fidelity_text(good)

@@ -264,3 +264,42 @@ def test_a_folded_rung_is_said_not_hidden(quickstart_raw):
     # A deterministic readout has one unit per slice: racing over seeds folds at once.
     raw["tasks"]["readout"] = "probe"
     assert "the probe readout (one unit per slice) gives 1" in Ladder.folding_notes(parse_config(raw))[0]
+
+
+# A 6 x 3 table whose profile likelihood has its grid minimum at the first positive ratio (1e-4)
+# and dips lower below it (the ML ratio is 5.3e-5): the bracket scipy was given there, (1e-5,
+# 1e-4, 10^-3.5), did not hold its minimum, and minimize_scalar raised "Bracketing values".
+BRACKET_TABLE = {
+    0: {0: 0.159878, 1: -0.097957, 2: 0.67457}, 1: {0: 0.749715, 1: 0.109145, 2: 1.00641},
+    2: {0: 0.71156, 1: 0.354641, 2: -1.296175}, 3: {0: 0.16533, 1: 0.807477, 2: 1.472077},
+    4: {0: -1.458509, 1: 0.64773, 2: -0.37939}, 5: {0: 0.008316, 1: 0.196324, 2: 0.424283}}
+
+
+def test_ranking_a_ratio_below_the_grid_does_not_crash_and_says_what_no_spread_selects():
+    from layersearch.cli.search import SearchDisplay
+    from layersearch.search.selection import NO_SPREAD_SELECTION, _profile, adjusted_means
+
+    y = np.array([[BRACKET_TABLE[g][u] for u in range(3)] for g in range(6)])
+    held = np.ones_like(y, dtype=bool)
+    f = {lam: _profile(lam, y, held)[0] for lam in (0.0, 1e-5, 1e-4, 10**-3.5)}
+    assert f[1e-4] < f[0.0] and f[1e-5] < f[1e-4] < f[10**-3.5]  # the case that crashed
+    fitness = adjusted_means(BRACKET_TABLE, reference=[0, 1, 2])
+    # A ratio that small is no spread the test can tell from chance: every genome the same.
+    assert len(fitness) == 6 and np.ptp(list(fitness.values())) == 0
+    assert next(iter(fitness.values())) == pytest.approx(y.mean())
+    # The search says so at its start.
+    from rich.console import Console
+
+    import layersearch.cli.search as cli_search
+
+    out = Console(record=True, width=400)
+    old, cli_search.console = cli_search.console, out
+    try:
+        SearchDisplay(live=False)._start(None, {"run_id": "r", "resumed": False, "strategy": "ga", "configured": "ga",
+                                               "space": 21, "budget": 8, "rungs": [1], "reduction": 2,
+                                               "selection": NO_SPREAD_SELECTION})
+    finally:
+        cli_search.console = old
+    said = " ".join(out.export_text().split())
+    assert "no spread between genomes, every genome gets the same fitness" in said
+    assert "the GA selects among them at random" in said

@@ -113,14 +113,19 @@ def test_ridge_r2_values_average_to_r2_and_track_what_is_predictable():
     assert r2 > 0.95
     _, r2_bad = ridge_r2(x[:cut], y_bad[:cut], x[cut:], y_bad[cut:], 1e-3, 40)
     assert r2_bad < 0.05
-    # The test half's own R^2, from its sums directly.
-    mx, my = x[:cut].mean(0), y_good[:cut].mean(0)
-    xf = x[:cut] - mx
-    alpha = 1e-3 * float(torch.trace(xf.T @ xf)) / 16
-    w = torch.linalg.solve(xf.T @ xf + alpha * torch.eye(16, dtype=torch.float64), xf.T @ (y_good[:cut] - my))
-    pred = (x[cut:] - mx) @ w + my
-    direct = 1 - float(((y_good[cut:] - pred) ** 2).sum() / ((y_good[cut:] - y_good[cut:].mean(0)) ** 2).sum())
-    assert r2 == pytest.approx(direct, rel=1e-9)
+
+
+def test_ridge_r2_of_a_case_worked_by_hand():
+    """One feature, fit on x = y = [-1, 1] with ridge 1: alpha = 1 x trace(2) / 1 = 2, so the slope
+    is 2 / (2 + 2) = 0.5. Tested on x = y = [-2, 2 | -1, 1] (two blocks): residuals 0.5 x give SSE
+    [2 | 0.5] of SST 10, so R^2 = 1 - 2.5 / 10 = 0.75, block values 1 - SSE_b / (10 / 2)."""
+    t = torch.tensor
+    fit = t([[-1.0], [1.0]], dtype=torch.float64)
+    test = t([[-2.0], [2.0], [-1.0], [1.0]], dtype=torch.float64)
+    values, r2 = ridge_r2(fit, fit, test, test, 1.0, 2)
+    assert r2 == pytest.approx(0.75) and values == pytest.approx([0.6, 0.9])
+    # No ridge to speak of: the exact map, R^2 1.
+    assert ridge_r2(fit, fit, test, test, 1e-12, 2)[1] == pytest.approx(1.0)
 
 
 def test_linear_cka_is_one_for_the_same_representation_up_to_rotation_and_scale():
@@ -155,9 +160,17 @@ def test_held_out_blocks_are_in_no_slice_and_old_slices_are_unchanged():
         rows = slice_rows(n, 400, seed, 64, reserve)
         assert not held & set(rows.tolist())
         assert len(set(rows.tolist())) == 400
-    # No reserve: the draw every cached slice was made with.
-    assert np.array_equal(slice_rows(n, 400, 7, 64),
-                          np.sort(np.random.default_rng(7).choice(n, size=400, replace=False)))
+    # Held-out rows by an independent rule: exactly the blocks a slice of the whole corpus may
+    # hold but no reserved slice does, over many seeds.
+    seen = set().union(*(slice_rows(n, 400, seed, 64, reserve).tolist() for seed in range(50)))
+    assert seen.isdisjoint(held) and seen | held == set(range(n))
+    # A reserve takes the tail off the corpus and leaves the draw over the rest as it was, so a
+    # slice's rows are those a corpus without the tail would give: old slices stay unchanged.
+    assert np.array_equal(slice_rows(n, 400, 7, 64, reserve), slice_rows(n - reserve, 400, 7, 64))
+    # Uniform: every block is as likely to be in a slice (400 of 900 over 300 seeds; 5 sd).
+    counts = np.bincount(np.concatenate([slice_rows(n, 400, s, 64, reserve) for s in range(300)]), minlength=n)
+    p = 400 / 900
+    assert np.abs(counts[:900] - 300 * p).max() < 5 * np.sqrt(300 * p * (1 - p))
 
 
 def test_spec_key_differs_per_readout_and_finetune_keeps_its_key(quickstart_raw):

@@ -134,9 +134,11 @@ def test_shipped_evidence_is_about_the_shipped_proxy(path, tmp_path, shared_data
     that proxy (here its step budget) makes validate say the figures no longer apply."""
     monkeypatch.chdir(tmp_path)
     overrides = teacher_overrides(path, tmp_path, shared_data)
+    from layersearch.fidelity import applicable_evidence, evidence_drift
+
     cfg = load_config(path, overrides)
-    assert cfg.evidence_drift() == [] and cfg.evidence is cfg.proxy.evidence
-    assert "proxy.train.max_steps" in cfg.proxy.evidence.measured_at
+    assert evidence_drift(cfg) == [] and applicable_evidence(cfg) is cfg.proxy.evidence
+    assert cfg.proxy.evidence.spec["proxy"]["train"]["max_steps"] == cfg.proxy.train.max_steps
     steps = cfg.proxy.train.max_steps
     result = validate(path, [*overrides, f"proxy.train.max_steps={steps + 1}"])
     assert result.exit_code == 0, result.stderr
