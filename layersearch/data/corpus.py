@@ -2,7 +2,8 @@
 
 Text comes from plain files or folders (WikiText's markup is undone) or from
 a hub dataset. Lines are tokenized with the teacher's tokenizer, concatenated
-and cut into blocks of ``seq_length`` tokens framed as ``[CLS] ... [SEP]``,
+and cut into blocks of ``seq_length`` tokens framed by the tokenizer's own
+``cls_token ... sep_token`` (``[CLS] ... [SEP]`` for BERT, ``<s> ... </s>`` for RoBERTa),
 the input BERT saw in pre-training. ``datasets.map`` caches each step, so a
 second run over the same files and tokenizer reads the blocks from disk.
 
@@ -109,14 +110,15 @@ def load_text(cfg: CorpusConfig) -> Dataset:
 
 
 def tokenize_blocks(text: Dataset, tokenizer, seq_length: int, procs: int | None = None) -> Dataset:
-    """Concatenate token ids and cut them into ``[CLS] x [SEP]`` blocks.
+    """Concatenate token ids and cut them into ``cls_token x sep_token`` blocks.
 
     ``procs`` processes tokenize; the blocks do not depend on it.
     """
     body = seq_length - 2
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:
-        raise CorpusError("teacher tokenizer has no [CLS]/[SEP] tokens; is it a BERT-family model?")
+        raise CorpusError("teacher tokenizer has no cls_token/sep_token to frame blocks with; "
+                          "use a teacher of a supported family (docs/families.md)")
 
     def tokenize(batch):
         ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]

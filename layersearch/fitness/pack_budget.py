@@ -16,6 +16,7 @@ out-of-memory halving in ``packed.split_on_oom`` catches what they miss.
 from __future__ import annotations
 
 from layersearch.config import Config
+from layersearch.families import dims
 
 FP32 = 4
 TRAIN_STATE = 16  # bytes per trained parameter: weights, gradients, AdamW's two moments
@@ -23,7 +24,8 @@ HEADROOM = 0.8  # of free memory: the allocator's fragmentation and CUDA's works
 
 
 def encoder_params(hidden: int, layers: int, intermediate: int, vocab: int, positions: int = 512) -> int:
-    """Parameters of a BERT encoder: embeddings plus per layer attention (4 H^2) and FFN (2 H I)."""
+    """Parameters of an encoder (BERT's count, close for every supported family):
+    embeddings plus per layer attention (4 H^2) and FFN (2 H I)."""
     per_layer = 4 * hidden * hidden + 2 * hidden * intermediate + 9 * hidden + intermediate
     return (vocab + positions + 2) * hidden + layers * per_layer
 
@@ -40,23 +42,19 @@ def activation_bytes(batch: int, seq: int, hidden: int, heads: int, intermediate
 
 def phase_bytes(teacher, student, cfg: Config, k: int, packed_finetune: bool) -> tuple[int, int]:
     """(distillation, fine-tuning) peak bytes of a pack of ``k`` students."""
-    t_params = encoder_params(teacher.hidden_size, teacher.num_hidden_layers, teacher.intermediate_size,
-                              teacher.vocab_size)
-    s_params = encoder_params(student.hidden_size, student.num_hidden_layers, student.intermediate_size,
-                              student.vocab_size)
+    t, s = dims(teacher), dims(student)
+    t_params = encoder_params(t.hidden, t.layers, t.ffn, teacher.vocab_size)
+    s_params = encoder_params(s.hidden, s.layers, s.ffn, student.vocab_size)
     train = cfg.proxy.train
     seq = cfg.corpus.seq_length
-    teacher_act = activation_bytes(train.batch_size, seq, teacher.hidden_size, teacher.num_attention_heads,
-                                   teacher.intermediate_size, teacher.num_hidden_layers, backward=False)
-    student_act = activation_bytes(train.batch_size, seq, student.hidden_size, student.num_attention_heads,
-                                   student.intermediate_size, student.num_hidden_layers, backward=True)
+    teacher_act = activation_bytes(train.batch_size, seq, t.hidden, t.heads, t.ffn, t.layers, backward=False)
+    student_act = activation_bytes(train.batch_size, seq, s.hidden, s.heads, s.ffn, s.layers, backward=True)
     # Projections to the teacher's width (hidden-state terms) train with the student.
-    projections = student.num_hidden_layers * student.hidden_size * teacher.hidden_size
+    projections = s.layers * s.hidden * t.hidden
     distil = t_params * FP32 + teacher_act + k * ((s_params + projections) * TRAIN_STATE + student_act)
 
     ft = cfg.tasks.finetune
-    ft_act = activation_bytes(ft.batch_size, ft.seq_length, student.hidden_size, student.num_attention_heads,
-                              student.intermediate_size, student.num_hidden_layers, backward=True)
+    ft_act = activation_bytes(ft.batch_size, ft.seq_length, s.hidden, s.heads, s.ffn, s.layers, backward=True)
     training = k if packed_finetune else 1
     finetune = t_params * FP32 + k * s_params * FP32 + training * (s_params * TRAIN_STATE + ft_act)
     return distil, finetune

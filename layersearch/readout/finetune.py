@@ -32,6 +32,7 @@ from layersearch.config import FinetuneConfig, TasksConfig
 from layersearch.data.tasks import TASKS, load_task, score
 from layersearch.distill import adamw
 from layersearch.errors import UserError
+from layersearch.families import adapter_for
 from layersearch.precision import autocast
 
 WARMUP_RATIO = 0.1
@@ -149,7 +150,7 @@ def build_classifier(
     config.architectures = None
     # SDPA is the fast path; the caller's model may be eager to expose attentions.
     model = AutoModelForSequenceClassification.from_config(
-        config, attn_implementation="sdpa", dtype=torch.float32
+        config, attn_implementation=adapter_for(config).kernel("sdpa"), dtype=torch.float32
     )
     # load_state_dict copies values, so the caller's model is never touched.
     missing, unexpected = model.base_model.load_state_dict(

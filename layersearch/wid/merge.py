@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from layersearch.families import adapter_for, get
 from layersearch.wid.schedule import hard_prune, kept_indices
 from layersearch.wid.shapes import widths
 from layersearch.wid.surgery import MaskedLayerNorm, mlm_transform
@@ -51,32 +52,42 @@ def merge(model: PreTrainedModel) -> PreTrainedModel:
         put(dst.weight, w[rows][:, cols] * scale)
         put(dst.bias, b[rows] * scale)
 
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        put(getattr(small_b.embeddings, name).weight, getattr(big_b.embeddings, name).weight[:, h])
-    norm(small_b.embeddings.LayerNorm, big_b.embeddings.LayerNorm)
+    adapter = adapter_for(model)
+    small_emb, big_emb = adapter.embeddings(small_b), adapter.embeddings(big_b)
+    for name, table in big_emb.named_modules():
+        if isinstance(table, nn.Embedding):  # word, position and (where the family has them) segment tables
+            put(get(small_emb, name).weight, table.weight[:, h])
+    norm(small_emb.LayerNorm, big_emb.LayerNorm)
     q_scale = math.sqrt(s.head_dim / t.head_dim)  # keeps the teacher's 1/sqrt(d) temperature
-    for i, (sl, bl) in enumerate(zip(small_b.encoder.layer, big_b.encoder.layer, strict=True)):
+    for i, (sl, bl) in enumerate(zip(adapter.blocks(small_b), adapter.blocks(big_b), strict=True)):
         qk, vo, ffn = keep["qk"][i], keep["vo"][i], keep["ffn"][i]
-        ssa, bsa = sl.attention.self, bl.attention.self
-        linear(ssa.query, *bsa.query.merged(), qk, h, q_scale)
-        linear(ssa.key, *bsa.key.merged(), qk, h)
-        linear(ssa.value, *bsa.value.merged(), vo, h)
-        linear(sl.attention.output.dense, *bl.attention.output.dense.merged(), h, vo)
-        norm(sl.attention.output.LayerNorm, bl.attention.output.LayerNorm)
-        linear(sl.intermediate.dense, *bl.intermediate.dense.merged(), ffn, h)
-        linear(sl.output.dense, *bl.output.dense.merged(), h, ffn)
-        norm(sl.output.LayerNorm, bl.output.LayerNorm)
-    if getattr(big_b, "pooler", None) is not None and getattr(small_b, "pooler", None) is not None:
-        pooler = big_b.pooler.dense
-        linear(small_b.pooler.dense, pooler.weight, pooler.bias, h, h)
+
+        def part(block, role):
+            return adapter.part(block, role)
+
+        linear(part(sl, "query"), *part(bl, "query").merged(), qk, h, q_scale)
+        linear(part(sl, "key"), *part(bl, "key").merged(), qk, h)
+        linear(part(sl, "value"), *part(bl, "value").merged(), vo, h)
+        linear(part(sl, "attn_out"), *part(bl, "attn_out").merged(), h, vo)
+        norm(part(sl, "attn_norm"), part(bl, "attn_norm"))
+        linear(part(sl, "ffn_in"), *part(bl, "ffn_in").merged(), ffn, h)
+        linear(part(sl, "ffn_out"), *part(bl, "ffn_out").merged(), h, ffn)
+        norm(part(sl, "ffn_norm"), part(bl, "ffn_norm"))
+    # Tables every layer shares (MPNet's position bias) keep every head: the surgery
+    # refuses to drop whole heads of such a family.
+    for path in adapter.shared_head_tables:
+        put(get(small_b, path).weight, get(big_b, path).weight)
+    if adapter.pooler(big_b) is not None and adapter.pooler(small_b) is not None:
+        pooler = adapter.pooler(big_b).dense
+        linear(adapter.pooler(small_b).dense, pooler.weight, pooler.bias, h, h)
     big_head, small_head = mlm_transform(model), mlm_transform(small)
     if big_head is not None:
-        linear(small_head.dense, big_head.dense.weight, big_head.dense.bias, h, h)
-        norm(small_head.LayerNorm, big_head.LayerNorm)
-        put(small.cls.predictions.bias, model.cls.predictions.bias)
+        linear(small_head[0], big_head[0].weight, big_head[0].bias, h, h)
+        norm(get(small, big_head[1]), get(model, big_head[1]))
+        put(get(small, adapter.mlm_bias), get(model, adapter.mlm_bias))
         # The decoder is tied to the (already sliced) word embeddings.
-        if small.get_output_embeddings().weight.data_ptr() != small_b.embeddings.word_embeddings.weight.data_ptr():
-            put(small.get_output_embeddings().weight, big_b.embeddings.word_embeddings.weight[:, h])
+        if small.get_output_embeddings().weight.data_ptr() != small_emb.word_embeddings.weight.data_ptr():
+            put(small.get_output_embeddings().weight, big_emb.word_embeddings.weight[:, h])
     return small
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from layersearch.config import WIDConfig
+from layersearch.families import adapter_for
 from layersearch.wid.shapes import widths
 
 
@@ -58,9 +59,14 @@ def penalty_at(cfg: WIDConfig, fraction: float) -> float:
 
 
 def _parts(layer: nn.Module):
-    sa = layer.attention.self
-    return (sa.query, sa.key, sa.value, layer.attention.output.dense,
-            layer.intermediate.dense, layer.output.dense)
+    # The surgery leaves the family adapter on each block of the compactor model.
+    adapter = layer.wid_adapter
+    return tuple(adapter.part(layer, role)
+                 for role in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"))
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    return adapter_for(model).blocks(model)
 
 
 def group_norms(layer: nn.Module) -> dict[str, Tensor]:
@@ -103,7 +109,7 @@ def update_marks(model: nn.Module, fraction: float) -> None:
     base = model.base_model
     res = base.wid_residual
     res.marked.copy_(_smallest(res.d.abs(), count(t.hidden, s.hidden)))
-    for layer in base.encoder.layer:
+    for layer in _blocks(model):
         norms, marks = group_norms(layer), layer.wid_marks
         qk = norms["qk"].view(t.heads, t.head_dim)
         vo = norms["vo"].view(t.heads, t.head_dim)
@@ -124,7 +130,7 @@ def kept_indices(model: nn.Module) -> dict:
     want = {"hidden": s.hidden, "heads": s.heads, "qk": s.hidden, "vo": s.hidden, "ffn": s.ffn}
     if keep["hidden"].numel() != want["hidden"]:
         raise ValueError("residual marks are not at the target width")
-    for i, layer in enumerate(base.encoder.layer):
+    for i, layer in enumerate(_blocks(model)):
         m = layer.wid_marks
         for kind in ("heads", "qk", "vo", "ffn"):
             idx = (~getattr(m, kind)).nonzero().flatten()
@@ -153,7 +159,7 @@ def _marked_norms(model: nn.Module):
     base = model.base_model
     res = base.wid_residual
     yield res.d.abs(), res.marked
-    for layer in base.encoder.layer:
+    for layer in _blocks(model):
         for kind, norm in group_norms(layer).items():
             yield norm, getattr(layer.wid_marks, kind)
 
@@ -170,7 +176,7 @@ def _shrink(model: nn.Module, factor_of) -> None:
     base = model.base_model
     res = base.wid_residual
     res.d.mul_(factor_of(res.d.abs(), res.marked))
-    for layer in base.encoder.layer:
+    for layer in _blocks(model):
         marks = layer.wid_marks
         norms = group_norms(layer)
         _scale_groups(layer, {k: factor_of(n, getattr(marks, k)) for k, n in norms.items()})

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PretrainedConfig
 
+from layersearch.families import dims
+
 
 @dataclass(frozen=True)
 class Widths:
@@ -17,8 +19,8 @@ class Widths:
 
     @classmethod
     def of(cls, c: PretrainedConfig) -> Widths:
-        return cls(c.hidden_size, c.num_attention_heads, c.hidden_size // c.num_attention_heads,
-                   c.intermediate_size)
+        d = dims(c)
+        return cls(d.hidden, d.heads, d.head_dim, d.ffn)
 
 
 def widths(model: nn.Module) -> tuple[Widths, Widths]:

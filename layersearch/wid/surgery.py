@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from layersearch.config import Config
+from layersearch.families import adapter_for, get, put
 from layersearch.init import InitError, seed_layers
 from layersearch.losses import DistillLoss
 from layersearch.mapping import Mapping
@@ -137,42 +138,54 @@ def build_compactor_model(teacher: PreTrainedModel, layers: list[int],
             f"head size {target.hidden_size}/{target.num_attention_heads} = {s.head_dim} exceeds "
             f"the teacher's {t.head_dim}; use at least {math.ceil(s.hidden / t.head_dim)} heads"
         )
-    t_layers = teacher.base_model.encoder.layer
+    adapter = adapter_for(teacher)
+    if adapter.embedding_projection(teacher) is not None:
+        raise InitError(
+            "student.init.method: WID needs embeddings as wide as the hidden stream; this "
+            "teacher projects narrower embeddings into it (ELECTRA-small style); use etd-impt"
+        )
+    if adapter.shared_head_tables and s.heads < t.heads:
+        raise InitError(
+            f"student.num_attention_heads: WID cannot drop whole heads of a {adapter.name} teacher, "
+            f"whose layers share one per-head position bias; keep {t.heads} heads and let WID "
+            f"narrow each head instead (student.num_attention_heads: {t.heads})"
+        )
+    t_layers = adapter.blocks(teacher)
     model = copy.deepcopy(teacher)
     base = model.base_model
-    base.encoder.layer = nn.ModuleList(copy.deepcopy(t_layers[i - 1]) for i in layers)
+    put(base, adapter.layers, nn.ModuleList(copy.deepcopy(t_layers[i - 1]) for i in layers))
     model.config.num_hidden_layers = len(layers)
     model.config.architectures = None
     model.requires_grad_(True)
     model.train()
 
-    residual = ResidualCompactor(t.hidden).to(base.embeddings.LayerNorm.weight.device)
+    emb_norm = adapter.embedding_norm(base)
+    residual = ResidualCompactor(t.hidden).to(emb_norm.weight.device)
     base.wid_residual = residual
-    base.embeddings.LayerNorm = MaskedLayerNorm(base.embeddings.LayerNorm, residual)
-    for i, layer in enumerate(base.encoder.layer):
-        sa = layer.attention.self
-        sa.layer_idx = i
-        for name in ("query", "key", "value"):
-            setattr(sa, name, CompactLinear(getattr(sa, name), "row"))
-        out = layer.attention.output
-        out.dense = CompactLinear(out.dense, "col")
-        out.LayerNorm = MaskedLayerNorm(out.LayerNorm, residual)
-        layer.intermediate.dense = CompactLinear(layer.intermediate.dense, "row")
-        layer.output.dense = CompactLinear(layer.output.dense, "col")
-        layer.output.LayerNorm = MaskedLayerNorm(layer.output.LayerNorm, residual)
+    adapter.embeddings(base).LayerNorm = MaskedLayerNorm(emb_norm, residual)
+    for i, layer in enumerate(adapter.blocks(base)):
+        layer.wid_adapter = adapter  # a plain attribute: the schedule finds the parts by it
+        attention = adapter.attention_module(layer)
+        if hasattr(attention, "layer_idx"):
+            attention.layer_idx = i
+        for role in ("query", "key", "value", "ffn_in"):
+            adapter.set_part(layer, role, CompactLinear(adapter.part(layer, role), "row"))
+        for role in ("attn_out", "ffn_out"):
+            adapter.set_part(layer, role, CompactLinear(adapter.part(layer, role), "col"))
+        for role in ("attn_norm", "ffn_norm"):
+            adapter.set_part(layer, role, MaskedLayerNorm(adapter.part(layer, role), residual))
         layer.wid_marks = LayerMarks(t.heads, t.head_dim, t.ffn).to(residual.d.device)
-    head = mlm_transform(model)
+    head = adapter.mlm_transform(model)
     if head is not None:
-        head.LayerNorm = MaskedLayerNorm(head.LayerNorm, residual)
+        put(model, head[1], MaskedLayerNorm(get(model, head[1]), residual))
     model.wid_target = copy.deepcopy(target)
     model.wid_target.num_hidden_layers = len(layers)
     return model
 
 
-def mlm_transform(model: nn.Module) -> nn.Module | None:
-    """The MLM head's transform (dense + LayerNorm), or None for a base model."""
-    cls = getattr(model, "cls", None)
-    return cls.predictions.transform if cls is not None else None
+def mlm_transform(model: nn.Module) -> tuple[nn.Linear, str] | None:
+    """The MLM head's transform (its dense, and its norm's path), or None for a base model."""
+    return adapter_for(model).mlm_transform(model)
 
 
 def make_wid_student(cfg: Config, teacher: PreTrainedModel, mapping: Mapping,
