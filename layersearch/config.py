@@ -552,6 +552,10 @@ class RayConfig(Strict):
     # "auto" = one GPU where this process sees one, else the CPU; 0 = the CPU even where a GPU is visible.
     num_gpus: Literal["auto"] | float = "auto"
     max_retries: NonNegInt = 2
+    # Evaluators' and distill workers' nice value on a Ray this program starts: 0 runs them at
+    # the user's own priority (Ray's default, 15, starves them beside any other job); 1-19 yields
+    # the CPU to other work. A cluster started elsewhere keeps its own (RAY_worker_niceness there).
+    worker_niceness: Annotated[int, Field(ge=0, le=19)] = 0
 
     @field_validator("num_gpus")
     @classmethod

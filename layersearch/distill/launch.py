@@ -37,9 +37,13 @@ def start_ray(cfg: Config) -> None:
     import ray
 
     if not ray.is_initialized():
-        # Worker output (the progress lines) is forwarded to this terminal.
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
-                 configure_logging=True, logging_level="WARNING")
+        from layersearch.ray_priority import local_worker_priority
+
+        # Worker output (the progress lines) is forwarded to this terminal; a local Ray's
+        # workers run at ray.worker_niceness.
+        with local_worker_priority(cfg.ray):
+            ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
+                     configure_logging=True, logging_level="WARNING")
 
 
 def _worker_loop(config: dict) -> None:

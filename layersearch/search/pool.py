@@ -111,9 +111,12 @@ def ensure_ray(cfg: RayConfig) -> None:
 
     if ray.is_initialized():
         return
+    from layersearch.ray_priority import local_worker_priority
+
     address = cfg.address  # None: ray.init reads RAY_ADDRESS itself, else starts locally
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level="WARNING")
+    with local_worker_priority(cfg):  # a local Ray's evaluators at ray.worker_niceness
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="WARNING")
 
 
 def _reason(exc: BaseException) -> str:
@@ -203,11 +206,12 @@ class EvaluatorPool:
     def run(self, mappings: list[Mapping], on_result: Callable[[Evaluation], None],
             on_event: Callable[[str, Mapping], None] | None = None,
             priors: dict[str, Evaluation] | None = None,
-            units: list[tuple[int, int]] | None = None) -> list[Evaluation]:
+            units: list[tuple[int, int]] | None = None, heartbeat: float | None = None) -> list[Evaluation]:
         """Evaluate every mapping; ``on_result`` is called as each one finishes.
 
         ``priors`` (by mapping key) are cached records whose units are not run again;
-        ``units`` limits every evaluation to these (slice seed, fine-tune seed) pairs.
+        ``units`` limits every evaluation to these (slice seed, fine-tune seed) pairs;
+        every ``heartbeat`` seconds in which nothing finishes, ``on_event("waiting", None)``.
         """
         import ray
         from ray.exceptions import RayError, RayTaskError
@@ -242,7 +246,11 @@ class EvaluatorPool:
 
         while queue or in_flight:
             dispatch()
-            done, rest = ray.wait([*in_flight, *self.starting], num_returns=1)
+            done, rest = ray.wait([*in_flight, *self.starting], num_returns=1, timeout=heartbeat)
+            if not done:  # nothing finished in a heartbeat: the caller may see a job stall
+                if on_event:
+                    on_event("waiting", None)
+                continue
             if rest:  # and whatever else has finished by now, to restart every freed actor at once
                 done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             finished = []

@@ -36,9 +36,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from layersearch.config import RayConfig
+    from layersearch.ray_priority import local_worker_priority
+
+    os.environ.pop("RAY_ADDRESS", None)
+    with local_worker_priority(RayConfig(worker_niceness=2)):  # as search.pool.ensure_ray starts one
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def test_a_local_rays_workers_run_at_the_configured_niceness():
+    """Ray's own default would renice them by 15; ray.worker_niceness replaces it."""
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0) + 2
 
 
 def search_raw(quickstart_raw, tmp_path, **search):
@@ -63,10 +73,12 @@ def test_pool_uses_two_actors_and_streams_results(quickstart_raw, tmp_path):
     # Work goes to actors as they start; on a loaded machine one could finish all four
     # before the other is up, so wait for both (the question here is the spreading).
     assert pool.wait_started(timeout=120) == 2
-    seen = []
+    seen, events = [], []
     mappings = [Mapping(g, 6) for g in [(1, 2, 6), (2, 3, 6), (3, 4, 6), (4, 5, 6)]]
-    results = pool.run(mappings, seen.append)
+    results = pool.run(mappings, seen.append, lambda kind, m: events.append(kind), heartbeat=0.05)
     pool.shutdown()
+    # Every 0.05 s with no result the pool says it is waiting, so a stall can show while nothing comes.
+    assert events.count("started") == 4 and "waiting" in events
     assert [r.genes for r in seen] == [r.genes for r in results]
     assert sorted(tuple(r.genes) for r in results) == sorted(m.genes for m in mappings)
     assert len({r.worker for r in results}) == 2  # both actors did work
