@@ -25,6 +25,7 @@ class SearchDisplay:
         self.fidelity = fidelity  # what proxy.evidence says of this proxy, said at the start
         self.live = None
         self.recent: list[str] = []
+        self.stall_said: tuple | None = None  # (genes, seconds) of the last stall a log was told of
 
     # --- what is said -----------------------------------------------------------
     @staticmethod
@@ -35,9 +36,11 @@ class SearchDisplay:
         best = "-" if p.best is None else (f"{p.best_genes} "
                                            + format_interval(p.best, p.best_low, p.best_high, p.best_seeds))
         rate = p.per_hour()
+        stall = p.stall()
         return (f"{p.where()} | done {p.done} running {p.running} queued {p.queued} "
                 f"(cached {p.cached}, failed {p.failed}) | best {best} | "
-                f"{'-' if rate is None else f'{rate:.0f}'}/h | elapsed {duration(p.elapsed)} ETA {duration(p.eta())}")
+                f"{'-' if rate is None else f'{rate:.0f}'}/h | elapsed {duration(p.elapsed)} ETA {duration(p.eta())}"
+                + (f" | {stall}" if stall else ""))
 
     def panel(self, p):
         from rich.console import Group
@@ -83,6 +86,23 @@ class SearchDisplay:
                          f"std {r['std']:.4f} ({r['evaluated']} evaluated)", p)
         elif kind == "started" and self.live is not None:
             self.live.update(self.panel(p))
+        elif kind == "waiting":  # nothing finished for a while: redraw, or in a log say a new stall
+            if self.live is not None:
+                self.live.update(self.panel(p))
+            elif self._new_stall(p):
+                console.print(self.status(p), highlight=False, soft_wrap=True)
+
+    def _new_stall(self, p) -> bool:
+        """A log hears of each stalled job once, and again each time its wait doubles."""
+        found = p.stalled()
+        if found is None:
+            return False
+        genes, running, _ = found
+        said = self.stall_said
+        if said is not None and said[0] == genes and running < 2 * said[1]:
+            return False
+        self.stall_said = (genes, running)
+        return True
 
     @staticmethod
     def _fit(info: dict) -> str:
@@ -109,7 +129,8 @@ class SearchDisplay:
                           f"holds (a mixed model); {info['selection']}", highlight=False, soft_wrap=True)
         rungs = info["rungs"]
         if len(rungs) > 1:
-            console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} seed(s); at most the best "
+            console.print(f"racing: rungs of {' -> '.join(map(str, rungs))} {info.get('unit_word', 'units')}; "
+                          f"at most the best "
                           f"1/{info['reduction']:g} of a rung go up (fewer when their intervals already "
                           "separate them)", highlight=False)
         if self.live_wanted:
@@ -138,6 +159,10 @@ def search(config: ConfigArg,
     from layersearch.fitness.spec import search_device
 
     fidelity = config_fidelity_text(cfg, search_device(cfg))  # the proxy the evaluators run
+    from layersearch.cluster_paths import relative_cache_notes
+
+    for note in relative_cache_notes(cfg):  # a cluster job's relative cache dies with the job
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     display = SearchDisplay(fidelity=fidelity)
     try:
         result = run(cfg, resume=resume, export_to=export_to, on_event=display)
@@ -324,9 +349,9 @@ def _show_against(tracker, run, ranked: list, top: int, against: str) -> None:
     runs over all of those against the reference, not over the rows shown.
     """
     from layersearch.fitness import compare
-    from layersearch.workflows.compare import record_verdicts
     from layersearch.mapping import resolve_mapping
     from layersearch.tracking import load_evaluation
+    from layersearch.workflows.compare import record_verdicts
 
     params = run.data.params
     n, m = int(params["num_teacher_layers"]), int(params["num_student_layers"])

@@ -29,9 +29,10 @@ def validate(config: ConfigArg, set_: SetOpt = None, evidence_spec: EvidenceSpec
         print(yaml.safe_dump({"spec": spec_of(cfg)}, sort_keys=True, width=1000), end="")
         return
     console.print(Syntax(cfg.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    from layersearch.cluster_paths import relative_cache_notes
     from layersearch.search.racing import Ladder
 
-    notes = Ladder.folding_notes(cfg)
+    notes = Ladder.folding_notes(cfg) + relative_cache_notes(cfg)
     if evidence_drift(cfg):
         notes.append(config_fidelity_text(cfg))
     for note in notes:

@@ -34,7 +34,7 @@ from layersearch.search.cache import EvaluationCache
 from layersearch.search.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, RESUMABLE_CHANGES, ResumeError
 from layersearch.search.export import RAW_INTERVALS, Export
 from layersearch.search.ga import GeneticSearch
-from layersearch.search.progress import Progress, Work, new_per_generation, planned_work
+from layersearch.search.progress import Progress, Work, new_per_generation, planned_work, unit_word
 from layersearch.search.racing import Ladder, race
 from layersearch.search.runs import SearchRuns
 from layersearch.search.scorer import RungScorer
@@ -131,6 +131,7 @@ class SearchDriver:
                     "configured": self.cfg.search.strategy, "space": self.space.size(),
                     "budget": self.cfg.search.budget or self.cfg.search.population * self.cfg.search.generations,
                     "rungs": [len(self.ladder.units(r)) for r in range(len(self.ladder))],
+                    "unit_word": unit_word(self.ladder.units(self.ladder.top)),
                     "reduction": self.ladder.reduction, "folded": Ladder.folding_notes(self.cfg),
                     "selection": NO_SPREAD_SELECTION})
                 while not self.ga.done(state):

@@ -8,12 +8,22 @@ finished records say how many seconds a distillation and a unit took. The ETA
 is the remaining work priced at those seconds, scaled by how the wall clock
 has really gone (overheads, parallel evaluators), so it corrects itself as the
 search runs.
+
+A job that runs far past what its work should take (a starved evaluator, a hung
+node) is named in the status line (``stall``): the pool reports ``waiting`` while
+nothing finishes, so the line says so even when no result comes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# A job is overdue past STALL_FACTOR x its expected seconds (one job's time varies: a first job
+# also loads the teacher and its slice); before any has finished, past FIRST_RESULT_PATIENCE s.
+STALL_FACTOR = 2.0
+FIRST_RESULT_PATIENCE = 600.0
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Progress:
     rung: int = 0
     rungs: int = 1
     rung_seeds: int = 0  # units at the current rung
+    unit_word: str = "seeds"  # what a unit is at this rung: "seeds", "slices" or "units"
     done: int = 0
     running: int = 0
     queued: int = 0
@@ -57,21 +68,33 @@ class Progress:
     first_dispatch: float | None = None
     distill_seconds: list[float] = field(default_factory=list)
     unit_seconds: list[float] = field(default_factory=list)
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    # Jobs on an evaluator now: mapping key -> (genes, started at, planned work).
+    in_flight: dict = field(default_factory=dict)
 
     # --- bookkeeping ------------------------------------------------------------
     def queue(self, jobs: int, work: Work) -> None:
         self.queued += jobs
         self.outstanding = self.outstanding + work
 
-    def started_job(self) -> None:
+    def started_job(self, key: str | None = None, genes=None, work: Work | None = None) -> None:
+        now = self.clock()
         if self.first_dispatch is None:
-            self.first_dispatch = time.perf_counter()
+            self.first_dispatch = now
         self.queued = max(0, self.queued - 1)
         self.running += 1
+        if key is not None:
+            self.in_flight[key] = (list(genes or []), now, work or Work())
 
-    def finished_job(self, work: Work, ev=None, reused: set | None = None) -> None:
+    def requeued_job(self, key: str | None = None) -> None:
+        """A lost worker's job goes back to the queue."""
+        self.running, self.queued = max(0, self.running - 1), self.queued + 1
+        self.in_flight.pop(key, None)
+
+    def finished_job(self, work: Work, ev=None, reused: set | None = None, key: str | None = None) -> None:
         """A job is over: its planned work leaves the books; only a success counts as done
         (a failure's seconds would price work it never did)."""
+        self.in_flight.pop(key, None)
         self.running = max(0, self.running - 1)
         self.outstanding = self.outstanding - work
         if ev is not None:
@@ -101,12 +124,42 @@ class Progress:
     # --- reading ------------------------------------------------------------------
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
+
+    def expected_seconds(self, work: Work) -> float | None:
+        """What ``work`` took on an evaluator so far, or None before a job has finished."""
+        if not self.distill_seconds or not self.unit_seconds:
+            return None
+        per_distill = sum(self.distill_seconds) / len(self.distill_seconds)
+        per_unit = sum(self.unit_seconds) / len(self.unit_seconds)
+        return work.seconds(per_distill, per_unit)
+
+    def stalled(self) -> tuple[list[int], float, float | None] | None:
+        """The longest-running job as (genes, seconds running, seconds expected or None) where it
+        has run past what it should take: STALL_FACTOR x its expected seconds, or before any job
+        has finished, FIRST_RESULT_PATIENCE seconds."""
+        if not self.in_flight:
+            return None
+        genes, since, work = min(self.in_flight.values(), key=lambda job: job[1])
+        running = self.clock() - since
+        expected = self.expected_seconds(work)
+        limit = FIRST_RESULT_PATIENCE if expected is None else STALL_FACTOR * max(expected, 1.0)
+        return (genes, running, expected) if running > limit else None
+
+    def stall(self) -> str | None:
+        """``stalled`` in words, for the status line."""
+        found = self.stalled()
+        if found is None:
+            return None
+        genes, running, expected = found
+        known = "none has finished yet" if expected is None else f"expected ~{duration(expected)}"
+        return (f"waiting: no result from {genes} after {duration(running)}, {known}: a starved or stuck "
+                "evaluator? (ray.worker_niceness, other jobs on its node)")
 
     def per_hour(self) -> float | None:
         if self.done == self.cached or self.first_dispatch is None:
             return None
-        hours = (time.perf_counter() - self.first_dispatch) / 3600
+        hours = (self.clock() - self.first_dispatch) / 3600
         return (self.done - self.cached) / hours if hours > 0 else None
 
     def eta(self) -> float | None:
@@ -118,15 +171,27 @@ class Progress:
         priced = self.done_work.seconds(per_distill, per_unit)
         if priced <= 0:
             return None
-        wall = time.perf_counter() - self.first_dispatch
+        wall = self.clock() - self.first_dispatch
         left = (self.outstanding + self.future).seconds(per_distill, per_unit)
         return left * wall / priced
 
     def where(self) -> str:
         stage = "final race" if self.phase == "final race" else f"gen {self.generation + 1}/{self.generations}"
-        rung = f" rung {self.rung + 1}/{self.rungs} ({self.rung_seeds} seeds)" if self.rungs > 1 or self.phase != \
-            "generation" else ""
+        rung = f" rung {self.rung + 1}/{self.rungs} ({self.rung_seeds} {self.unit_word})" if self.rungs > 1 or \
+            self.phase != "generation" else ""
         return stage + rung
+
+
+def unit_word(units) -> str:
+    """What a rung's (slice seed, fine-tune seed) units are, in one word: ``slices`` where each
+    slice holds one unit (the agreement and probe readouts), ``seeds`` where every unit shares
+    one slice (fine-tune seeds), else ``units``."""
+    slices = {s for s, _ in units}
+    if len(slices) == len(units) and len(units) > 1:
+        return "slices"
+    if len(slices) == 1 and len(units) > 1:
+        return "seeds"
+    return "units" if len(units) != 1 else "unit"
 
 
 def duration(seconds: float | None) -> str:

@@ -18,9 +18,13 @@ from layersearch.config import Config
 from layersearch.fitness import Evaluation, summarize, unit_key
 from layersearch.mapping import Mapping
 from layersearch.search.cache import EvaluationCache
-from layersearch.search.progress import Progress, Work
+from layersearch.search.progress import Progress, Work, unit_word
 from layersearch.search.racing import Ladder, Score
 from layersearch.search.runs import SearchRuns
+
+# Seconds the pool waits for a result before it says "waiting", so a stalled job shows up in the
+# status line even while nothing finishes.
+HEARTBEAT_S = 30.0
 
 # --- which record counts: pure rules on evaluation records ------------------------
 
@@ -140,7 +144,7 @@ class RungScorer:
         """Every genome's score on ``rung``'s units: from the cache where it can, else from the pool."""
         units = self.ladder.units(rung)
         p = self.progress
-        p.rung, p.rung_seeds = rung, len(units)
+        p.rung, p.rung_seeds, p.unit_word = rung, len(units), unit_word(units)
         scores: dict = {}
         todo, priors, work = [], {}, {}
         for genome in genomes:
@@ -167,21 +171,24 @@ class RungScorer:
             self.ran += 1
             prior = priors.get(ev.mapping.key)
             p.finished_job(work.get(ev.mapping.key, Work()), ev if ev.ok else None,
-                           reused=set(prior.units) if prior is not None else set())
+                           reused=set(prior.units) if prior is not None else set(), key=ev.mapping.key)
             self.record(ev, cached=False, rung=rung)
             scores[self.space.genome(ev.mapping)] = Score.of(ev)
             self._note(ev, "done", len(units))
 
-        def on_started(kind: str, mapping: Mapping) -> None:
+        def on_started(kind: str, mapping: Mapping | None) -> None:
+            if kind == "waiting":  # nothing finished for a while: the status line may say why
+                self.on_event(kind, p, {"stall": p.stall()})  # None while every job is on time
+                return
             if kind == "started":
-                p.started_job()
+                p.started_job(mapping.key, self.space.genome(mapping), work.get(mapping.key, Work()))
             else:  # a lost worker: the job goes back to the queue
-                p.running, p.queued = max(0, p.running - 1), p.queued + 1
+                p.requeued_job(mapping.key)
             self.on_event(kind, p, {"genes": list(mapping.genes)})
 
         # The whole ladder is the config's own units: evaluators need not be told.
         limit = None if sorted(units) == sorted(self.units) else units
-        pool.run(todo, on_result, on_started, priors, units=limit)
+        pool.run(todo, on_result, on_started, priors, units=limit, heartbeat=HEARTBEAT_S)
         return scores
 
     def _note(self, ev: Evaluation, kind: str, seeds: int) -> None:

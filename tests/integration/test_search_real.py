@@ -42,7 +42,7 @@ def test_search_states_its_verdict_and_show_compares_against_uniform(tiny_search
     assert " ".join(out.stdout.split()).count("proxy.train.max_steps: measured at 40, this run 3") == 2
     # Live progress in a log: one line per finished evaluation with its rung and the ETA.
     progress = [x for x in out.stdout.splitlines() if " | done " in x and "ETA" in x]
-    assert any("rung 1/2 (1 seeds)" in x for x in progress) and any("rung 2/2 (2 seeds)" in x for x in progress)
+    assert any("rung 1/2 (1 unit)" in x for x in progress) and any("rung 2/2 (2 seeds)" in x for x in progress)
     assert any("ETA -" not in x for x in progress)  # an estimate once evaluations have finished
     assert "strategy auto -> ga" in out.stdout and "final race" in out.stdout
     record = json.loads(exported.read_text())

@@ -51,3 +51,61 @@ def test_best_so_far_prefers_the_better_founded_score():
 
 def test_durations_read_like_a_clock():
     assert [duration(s) for s in (None, 42, 125, 7300)] == ["-", "42s", "2m05s", "2h01m"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_job_past_twice_its_expected_time_is_named_in_the_status_line(monkeypatch):
+    from layersearch.cli import search as cli_search
+    from layersearch.search.progress import FIRST_RESULT_PATIENCE
+
+    clock = FakeClock()
+    p = Progress(clock=clock, started=clock.now)
+    display = cli_search.SearchDisplay(live=False)
+    printed = []
+    monkeypatch.setattr(cli_search.console, "print", lambda text, **_: printed.append(text))
+
+    p.queue(1, Work(1, 1))
+    p.started_job("a", [2, 4, 6], Work(1, 1))
+    clock.now += FIRST_RESULT_PATIENCE - 1
+    assert p.stall() is None  # nothing finished yet, and not long enough to worry
+    clock.now += 2
+    assert "no result from [2, 4, 6] after 10m01s, none has finished yet" in p.stall()
+
+    # Once a job has finished, a job's expected seconds are its work at the measured rates.
+    p.finished_job(Work(1, 1), finished(distill_s=20.0, unit_s=10.0, units=1), key="a")
+    assert p.stall() is None and p.in_flight == {}
+    p.queue(1, Work(1, 2))
+    p.started_job("b", [1, 4, 6], Work(1, 2))  # expected 20 + 2 x 10 = 40 s
+    clock.now += 80
+    display("waiting", p, {})
+    assert p.stalled() is None and printed == []  # at twice the expected time: still on time
+    clock.now += 1
+    display("waiting", p, {})
+    assert len(printed) == 1 and "waiting: no result from [1, 4, 6] after 1m21s, expected ~40s" in printed[0]
+    assert display.status(p).endswith(p.stall())
+    clock.now += 60  # a log hears again only when the wait has doubled
+    display("waiting", p, {})
+    assert len(printed) == 1
+    clock.now += 30
+    display("waiting", p, {})
+    assert len(printed) == 2 and "after 2m51s" in printed[1]
+    p.requeued_job("b")  # a lost worker's job leaves the running set
+    assert p.stall() is None
+
+
+def test_rungs_name_their_units():
+    from layersearch.search.progress import unit_word
+
+    assert unit_word([(0, 0), (1, 0), (2, 0)]) == "slices"  # agreement, probe: one unit per slice
+    assert unit_word([(0, 0), (0, 1), (0, 2)]) == "seeds"  # fine-tune seeds on one slice
+    assert unit_word([(0, 0), (0, 1), (1, 0), (1, 1)]) == "units"
+    assert unit_word([(0, 0)]) == "unit"
+    p = Progress(rungs=2, generations=2, rung_seeds=3, unit_word="slices")
+    assert p.where() == "gen 1/2 rung 1/2 (3 slices)"
