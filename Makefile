@@ -28,12 +28,18 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# The quickstart reads ../shared/data where it exists; elsewhere WikiText-2 and GLUE come from the
+# Hugging Face Hub through `datasets` (internet access needed once; cached in ~/.cache/huggingface).
+SHARED_DATA ?= ../shared/data
+HUB_DATA := --set corpus.paths=null --set 'corpus.hub={name: Salesforce/wikitext, config: wikitext-2-raw-v1}' --set tasks.source=hub
+DATA := $(if $(wildcard $(SHARED_DATA)/glue),,$(HUB_DATA))
+
 # The offline main job: search the mapping, distil with the winner, then look at it in MLflow.
 quickstart: setup
-	$(VENV)/bin/layersearch validate configs/quickstart.yaml > /dev/null
-	$(VENV)/bin/layersearch data prepare configs/quickstart.yaml
-	$(VENV)/bin/layersearch search configs/quickstart.yaml --export outputs/quickstart/best_mapping.json
-	$(VENV)/bin/layersearch distill configs/quickstart.yaml --mapping outputs/quickstart/best_mapping.json
+	$(VENV)/bin/layersearch validate configs/quickstart.yaml $(DATA) > /dev/null
+	$(VENV)/bin/layersearch data prepare configs/quickstart.yaml $(DATA)
+	$(VENV)/bin/layersearch search configs/quickstart.yaml $(DATA) --export outputs/quickstart/best_mapping.json
+	$(VENV)/bin/layersearch distill configs/quickstart.yaml $(DATA) --mapping outputs/quickstart/best_mapping.json
 	@echo "Inspect the runs: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000  (then open http://127.0.0.1:5000)"
 	@echo "The search's answer, paired against TinyBERT's uniform mapping:"
 	@$(VENV)/bin/layersearch show outputs/quickstart/best_mapping.json --top 1 --against uniform

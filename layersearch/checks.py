@@ -14,6 +14,10 @@ from layersearch.data.tasks import TASKS
 from layersearch.errors import UserError
 from layersearch.models import ModelError, has_mlm_head, load_teacher_config, student_config
 
+# WikiText from the Hub, where a config's local corpus is absent (the Makefile's quickstart uses it):
+# WikiText-2's train split (2M words, a 6 MB download) holds more blocks than the quickstart reads.
+HUB_CORPUS_SETS = "--set corpus.paths=null --set 'corpus.hub={name: Salesforce/wikitext, config: wikitext-2-raw-v1}'"
+
 
 def environment_problems(cfg: Config) -> list[str]:
     problems: list[str] = []
@@ -42,11 +46,14 @@ def environment_problems(cfg: Config) -> list[str]:
             )
     for i, entry in enumerate(cfg.corpus.paths or []):
         if not Path(entry).expanduser().exists():
-            problems.append(f"corpus.paths.{i}: {entry} not found")
+            problems.append(f"corpus.paths.{i}: {entry} not found; put plain-text or WikiText .tokens files there, "
+                            f"or read the corpus from the Hugging Face Hub: {HUB_CORPUS_SETS}")
     if cfg.tasks.source != "hub":
         root = Path(cfg.tasks.source).expanduser()
         if not root.is_dir():
-            problems.append(f"tasks.source: folder {root} not found (or use 'hub')")
+            problems.append(f"tasks.source: folder {root} not found; put GLUE's TSV files there "
+                            f"({root}/<task>/train.tsv and dev.tsv, for {', '.join(cfg.tasks.names)}), "
+                            "or read GLUE from the Hugging Face Hub: --set tasks.source=hub")
         else:
             for name in cfg.tasks.names:
                 if TASKS[name].local_columns is None:

@@ -17,6 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from layersearch.errors import UserError
 
+# tasks.source: hub reads GLUE from this Hugging Face Hub dataset (parquet, one config per task).
+GLUE_HUB_ID = "nyu-mll/glue"
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -111,7 +114,7 @@ def _load_task(name: str, source: str) -> DatasetDict:
         raise TaskError(f"tasks.names: unknown task '{name}'; choose from {sorted(TASKS)}")
     spec = TASKS[name]
     if source == "hub":
-        ds = load_dataset("nyu-mll/glue", name)
+        ds = load_dataset(GLUE_HUB_ID, name)
         return DatasetDict(train=ds["train"], dev=ds[spec.dev_split])
     if spec.local_columns is None:
         raise TaskError(f"tasks.names: '{name}' loads only from the hub (tasks.source: hub)")
