@@ -34,6 +34,7 @@ import torch
 
 from layersearch.config import Config
 from layersearch.data.arrays import Entry, open_entry
+from layersearch.families import adapter_for
 from layersearch.features import PROJECTIONS, Features, Requirements, extract
 
 TARGETS_FORMAT = 1
@@ -113,8 +114,10 @@ def _names(req: Requirements) -> list[tuple[str, int]]:
 class TeacherTargets:
     """A slice's stored teacher targets; ``features(rows, ...)`` is what ``extract`` would return."""
 
-    def __init__(self, entry: Entry, req: Requirements):
-        self.entry, self.req = entry, req
+    def __init__(self, entry: Entry, req: Requirements, score_bias: torch.Tensor | None = None):
+        # A family's own score term (MPNet's position bias) depends only on the block length and
+        # the teacher's weights: recomputed from the teacher, not stored, and added as extract adds it.
+        self.entry, self.req, self.score_bias = entry, req, score_bias
 
     @property
     def built(self) -> bool:
@@ -134,6 +137,8 @@ class TeacherTargets:
             **{kind: {i: get(f"{kind}_{i}") for i in sorted(getattr(req, kind))} for kind in ("hidden", *PROJECTIONS)},
             attention_mask=attention_mask,
             logits=get("logits") if req.logits else None,
+            score_bias=(self.score_bias.to(device) if self.score_bias is not None and req.queries and req.keys
+                        else None),
         )
 
 
@@ -163,7 +168,12 @@ def slice_targets(cfg: Config, teacher, ids: torch.Tensor, device: str, precisio
         return {"precision": precision, "device": device, "blocks": len(ids)}
 
     entry = open_entry(_root(cfg), key, build, what="teacher targets", fix=FULL_DISK_FIX)
-    return TeacherTargets(entry, req)
+    bias = None
+    adapter = adapter_for(teacher)
+    if adapter.score_bias is not None and req.queries and req.keys:
+        with torch.no_grad():
+            bias = adapter.score_bias(teacher.to(device).base_model, ids.shape[1]).detach()
+    return TeacherTargets(entry, req, bias)
 
 
 def heldout_states(cfg: Config, teacher, ids: torch.Tensor, device: str) -> torch.Tensor:

@@ -156,7 +156,10 @@ def build_classifier(
     missing, unexpected = model.base_model.load_state_dict(
         encoder.base_model.state_dict(), strict=False
     )
+    # A pooler is the base model's own: BERT's classifier starts one fresh where the encoder
+    # lacks it, RoBERTa's and MPNet's classifiers have none and use their own head.
     missing = [k for k in missing if not k.startswith("pooler.")]
+    unexpected = [k for k in unexpected if not k.startswith("pooler.")]
     if missing or unexpected:
         raise ValueError(
             f"encoder does not fit {type(model).__name__}: missing {missing[:5]}, "

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
 from layersearch.data import arrays
 from layersearch.data.arrays import ArrayStoreError, open_entry
@@ -86,19 +86,26 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name != "log"] == [".k.lock"]  # no entry, no temp folder
 
 
-def _tiny_teacher():
+def _tiny_teacher(family: str = "bert"):
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=32)
-    return BertModel(cfg).eval()
+    shape = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=32)
+    if family == "mpnet":  # its scores carry a position bias that extract adds per batch
+        cfg = MPNetConfig(**shape)
+        cfg._attn_implementation = "eager"
+        model = MPNetModel(cfg)
+        with torch.no_grad():
+            model.encoder.relative_attention_bias.weight.normal_(0, 1)
+        return model.eval()
+    return BertModel(BertConfig(**shape)).eval()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cached_targets_equal_live_features_bit_for_bit(tmp_path, quickstart_raw, precision):
+@pytest.mark.parametrize("precision,family", [("fp32", "bert"), ("bf16", "bert"), ("bf16", "mpnet")])
+def test_cached_targets_equal_live_features_bit_for_bit(tmp_path, quickstart_raw, precision, family):
     from layersearch.config import parse_config
     from layersearch.data.targets import search_space_requirements, slice_targets
 
-    teacher = _tiny_teacher()
+    teacher = _tiny_teacher(family)
     cfg = parse_config(quickstart_raw)
     ids = torch.randint(1, 50, (40, 16), generator=torch.Generator().manual_seed(1))
     import layersearch.fitness.spec as spec
@@ -123,6 +130,10 @@ def test_cached_targets_equal_live_features_bit_for_bit(tmp_path, quickstart_raw
         for i, t in getattr(live, kind).items():
             assert getattr(got, kind)[i].dtype == t.dtype
             assert torch.equal(getattr(got, kind)[i], t), (kind, i)
+    assert (live.score_bias is None) == (family == "bert")
+    if live.score_bias is not None:
+        assert torch.equal(got.score_bias, live.score_bias)
+        assert torch.equal(got.scores(3, 4), live.scores(3, 4))
     with pytest.raises(ValueError, match="lack"):
         cached.features(rows, Requirements(values={1}), mask)
 
