@@ -205,7 +205,10 @@ def test_fidelity_evidence_says_whether_the_proxy_is_validated(quickstart_raw):
     quickstart_raw["proxy"]["evidence"] = {**EVIDENCE, "spec": {}}
     good = parse_config(quickstart_raw).proxy.evidence
     assert good.validated and "agrees with final students" in fidelity_text(good)
-    assert "Kendall tau +0.60 [+0.20, +0.90]" in fidelity_text(good)
+    assert "Kendall tau +0.60 [+0.20, +0.90] against" in fidelity_text(good)
+    quickstart_raw["proxy"]["evidence"].update(tau_p=0.056)  # the permutation p, beside tau
+    assert "Kendall tau +0.60 [+0.20, +0.90] (permutation p 0.056) against" in fidelity_text(
+        parse_config(quickstart_raw).proxy.evidence)
     quickstart_raw["proxy"]["evidence"].update(tau_ci=[-0.2, 0.9])
     assert not parse_config(quickstart_raw).proxy.evidence.validated
     quickstart_raw["proxy"]["evidence"].update(tau_ci=[0.2, 0.9], gain_ci=[-0.01, 0.05])
