@@ -257,7 +257,7 @@ def register(ladder: dict, cfg, search_run: str | None) -> dict:
         if ladder.get("note"):
             reg["note"] = ladder["note"]
     else:
-        reg = old
+        reg = json.loads(json.dumps(old))  # a copy: what changed is written, old stays as read
         drawn = drawn_mappings(cfg, n, ladder["randoms"])
         if [m for m in reg["mappings"] if m["kind"] != "searched"] != drawn:
             raise LadderError(f"{path} registers other mappings than this config draws now; a registered "
