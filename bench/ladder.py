@@ -11,6 +11,8 @@ and does the search beat the heuristics on final students?
     .venv/bin/python bench/ladder.py --config configs/mpnet-base-4l312.yaml --report
     .venv/bin/python bench/ladder.py --report       # the quickstart's committed ladder
     .venv/bin/python bench/ladder.py --quick        # the same code at toy budgets, minutes
+    # --stages teacher,truth,proxy,half,own picks stages (own: the second, own-genes ground truth);
+    # --results DIR puts a ladder elsewhere; --set KEY=VALUE overrides every config of it.
 
 **Mappings** (``--register``, into ``<results>/registered.json``): the four heuristics, 6
 seeded random draws from the config's search space (``search/space.py`` through the GA's
@@ -261,8 +263,7 @@ def register(ladder: dict, cfg, search_run: str | None) -> dict:
         drawn = drawn_mappings(cfg, n, ladder["randoms"])
         if [m for m in reg["mappings"] if m["kind"] != "searched"] != drawn:
             raise LadderError(f"{path} registers other mappings than this config draws now; a registered "
-                              "list never changes (start a new ladder with --set search.cache_dir=... "
-                              "or another results folder)")
+                              "list never changes (start a new ladder in another folder: --results DIR)")
     if search_run is not None:
         if reg.get("search_run") not in (None, search_run):
             raise LadderError(f"{path} already registers search run {reg['search_run']}; a registered list "
@@ -415,7 +416,11 @@ def run(ladder: dict, args) -> None:
     if "teacher" in stages:
         teacher_stage(ladder, truth)
     if ladder["kept_only"]:
-        proxy, truth = configs(ladder, args.set, kept_tasks(ladder, truth))
+        kept = kept_tasks(ladder, truth)
+        if kept is None and {"truth", "half", "own"} & set(stages):
+            raise LadderError("the teacher's scores are not cached, so the ground truth's tasks are not known: "
+                              "run the teacher stage first (--stages teacher, or no --stages)")
+        proxy, truth = configs(ladder, args.set, kept)
     if "truth" in stages:
         truth_stage(ladder, truth(), "truth", specs, 1 if ladder["spread"] else None)
     if "proxy" in stages:
@@ -446,9 +451,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="toy budgets on the quickstart, same code (minutes)")
     ap.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default {','.join(DEFAULT_STAGES)})")
     ap.add_argument("--set", action="append", default=[], help="an override for every config, KEY=VALUE")
+    ap.add_argument("--results", help="the ladder's folder (default bench/results/ladder-<config name>)")
     args = ap.parse_args()
     try:
         ladder = ladder_of(args.config, args.quick)
+        if args.results:
+            ladder["results"] = args.results
         if args.search_run and not args.register:
             raise LadderError("--search-run goes with --register")
         if args.register or (args.quick and not registration_path(ladder).is_file()):
