@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from layersearch.families import adapter_for, attention_scores
@@ -148,3 +149,15 @@ def extract(
         logits=getattr(out, "logits", None) if req.logits else None,
         score_bias=bias,
     )
+
+
+HIDDEN_BATCH = 32  # blocks per forward when reading last hidden states (agreement, its cached targets)
+
+
+@torch.no_grad()
+def last_hidden_fp32(model: nn.Module, ids: Tensor, device) -> Tensor:
+    """[blocks, tokens, width] float32 last hidden states of one batch of whole blocks, on the CPU."""
+    model.eval()
+    x = ids.to(device)
+    states = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states
+    return states[-1].float().cpu()

@@ -97,7 +97,7 @@ def teacher_cache_on(cfg: Config, device: str, teacher_config=None) -> bool:
 
 
 def _key(kind: str, ids: torch.Tensor, cfg: Config, device: str, precision: str, extra: dict) -> str:
-    from layersearch.fitness.spec import runtime_identity, teacher_identity
+    from layersearch.identity import runtime_identity, teacher_identity
 
     ident = {"format": TARGETS_FORMAT, "kind": kind,
              "blocks": hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest(),
@@ -179,7 +179,8 @@ def slice_targets(cfg: Config, teacher, ids: torch.Tensor, device: str, precisio
 def heldout_states(cfg: Config, teacher, ids: torch.Tensor, device: str) -> torch.Tensor:
     """The agreement readout's teacher side, [blocks * T, width] float64, cached like slice targets
     (``readout.agreement.last_hidden`` in fp32, the precision that readout always reads in)."""
-    from layersearch.readout.agreement import BATCH, last_hidden_fp32
+    from layersearch.features import HIDDEN_BATCH as BATCH
+    from layersearch.features import last_hidden_fp32
 
     key = _key("heldout-last-hidden", ids, cfg, device, "fp32", {"batch": BATCH})
 

@@ -17,27 +17,9 @@ from pathlib import Path
 
 from layersearch.config import Config
 from layersearch.digest import file_digest
+from layersearch.identity import runtime_identity, teacher_identity  # noqa: F401 - part of this module's API
 
 SPEC_VERSION = 3  # bump when evaluation code changes what a spec's fitness means
-
-# Files of a model directory that decide its outputs (not READMEs or pooling configs).
-_MODEL_FILES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                "special_tokens_map.json")
-_MODEL_SUFFIXES = (".safetensors", ".bin")
-
-
-def teacher_identity(model: str, revision: str | None) -> dict:
-    """A local directory's contents, or a hub repository's resolved commit."""
-    from layersearch.models import load_teacher_config, resolve_teacher
-
-    source = Path(resolve_teacher(model))
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir()
-                       if p.is_file() and (p.name in _MODEL_FILES or p.suffix in _MODEL_SUFFIXES))
-        return {"files": {p.name: file_digest(p) for p in files}}
-    config = load_teacher_config(model, revision)
-    return {"hub": str(source), "commit": getattr(config, "_commit_hash", None) or revision}
-
 
 def tasks_identity(source: str, names: list[str]) -> dict:
     """Each local task file's content hash; the hub's datasets are named by the task alone."""
@@ -46,18 +28,6 @@ def tasks_identity(source: str, names: list[str]) -> dict:
     root = Path(source).expanduser()
     return {n: {s: file_digest(root / n / f"{s}.tsv") for s in ("train", "dev")
                 if (root / n / f"{s}.tsv").is_file()} for n in names}
-
-
-def runtime_identity(device: str, precision: str, readout: str | None = None) -> dict:
-    import torch
-    import transformers
-
-    from layersearch.precision import resolve_precision
-
-    # The local build tag (+cpu, +cu121) names the kind of build, which the device
-    # kind already covers: a CPU driver and its GPU workers must agree on the key.
-    return {"device": device, "precision": resolve_precision(precision, device, readout),
-            "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
 
 
 def proxy_spec(cfg: Config, device: str = "cpu") -> dict:

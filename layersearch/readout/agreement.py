@@ -24,19 +24,11 @@ import time
 import numpy as np
 import torch
 
+from layersearch.features import HIDDEN_BATCH as BATCH
+from layersearch.features import last_hidden_fp32
 from layersearch.readout.finetune import TaskResult
 
-BATCH = 32
 TASK = "agreement"
-
-
-@torch.no_grad()
-def last_hidden_fp32(model, ids: torch.Tensor, device) -> torch.Tensor:
-    """[blocks, tokens, width] float32 last hidden states of one batch, on the CPU."""
-    model.eval()
-    x = ids.to(device)
-    states = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True).hidden_states
-    return states[-1].float().cpu()
 
 
 def last_hidden(model, ids: torch.Tensor, device) -> torch.Tensor:

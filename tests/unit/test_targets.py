@@ -108,7 +108,7 @@ def test_cached_targets_equal_live_features_bit_for_bit(tmp_path, quickstart_raw
     teacher = _tiny_teacher(family)
     cfg = parse_config(quickstart_raw)
     ids = torch.randint(1, 50, (40, 16), generator=torch.Generator().manual_seed(1))
-    import layersearch.fitness.spec as spec
+    import layersearch.identity as spec
 
     spec_teacher = spec.teacher_identity
     try:  # the tiny teacher has no files to name: any fixed identity keys it
