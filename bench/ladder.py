@@ -226,8 +226,8 @@ def searched_pair(cfg, run_id: str, n: int) -> list[list[int]]:
         raise LadderError(f"run {run_id} searched a {winner.num_teacher_layers}-layer teacher, this one has {n}")
     tracker = Tracker(cfg.tracking)
     tag = tracker.client.get_run(run_id).data.tags.get("layersearch.runner_up")
-    if tag:
-        return [list(winner.genes), json.loads(tag)]
+    if tag:  # str(Mapping): "[3, 6, 9, 12]", then " init [...]" where it names its init
+        return [list(winner.genes), json.loads(tag.split("]")[0] + "]")]
     best, top = None, -1
     for r in tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'",
                                         max_results=50000):
