@@ -104,16 +104,19 @@ def main() -> None:
     b_t = Dims(12, 768, 12, 3072)
     b_s = Dims(base.student.num_layers, base.student.hidden_size, base.student.num_attention_heads,
                base.student.intermediate_size)
-    b_seq, b_batch = base.corpus.seq_length, base.proxy.train.batch_size
-    b_flops = flops(b_t, b_batch * b_seq, b_seq, False) + flops(b_s, b_batch * b_seq, b_seq, True)
+    b_seq = base.corpus.seq_length
     cpu_rate = (t_flops + s_flops) / (t_wall + s_wall)
     gpu_rate = args.gpu_tflops * 1e12 * 0.4  # 40% of the sustained rate: small matmuls, hooks, optimizer
-    for name, steps in (("proxy", base.proxy.train.max_steps), ("distill", base.distill.train.max_steps)):
-        print(f"  bert-base recipe {name}: {steps} steps of {b_batch} x {b_seq}, {b_flops / 1e12:.2f} TFLOP a step: "
-              f"{b_flops / cpu_rate:.1f} s a step here ({steps * b_flops / cpu_rate / 3600:.1f} h), "
-              f"{b_flops / gpu_rate * 1e3:.0f} ms on a GPU at 40% of {args.gpu_tflops:.0f} TFLOP/s "
-              f"({steps * b_flops / gpu_rate / 60:.1f} min, estimate)")
-
+    for name, train in (("proxy", base.proxy.train), ("distill", base.distill.train)):
+        tok = train.batch_size * b_seq
+        live = flops(b_t, tok, b_seq, False) + flops(b_s, tok, b_seq, True)
+        alone = flops(b_s, tok, b_seq, True)  # the student's part: a proxy step with teacher targets cached
+        print(f"  bert-base recipe {name}: {train.max_steps} steps of {train.batch_size} x {b_seq}, "
+              f"{live / 1e12:.2f} TFLOP a live step ({alone / 1e12:.2f} student-only): "
+              f"{live / cpu_rate:.1f} s a step here ({train.max_steps * live / cpu_rate / 3600:.1f} h); "
+              f"{live / gpu_rate * 1e3:.0f} ms a step on one GPU at 40% of {args.gpu_tflops:.0f} TFLOP/s "
+              f"({train.max_steps * live / gpu_rate / 3600:.2f} GPU-h live, "
+              f"{train.max_steps * alone / gpu_rate / 3600:.2f} GPU-h student-only; an estimate)")
 
 if __name__ == "__main__":
     main()
