@@ -77,7 +77,8 @@ def test_evaluate_cli_two_mappings_logs_runs_and_caches(quickstart_raw, write_co
     for r in runs:
         m = r.data.metrics
         assert m["gain_ci_low"] <= m["gain"] <= m["gain_ci_high"]
-        assert r.data.tags["distillation_gain"] in ("positive", "none", "negative")
+        # One proxy slice is one distillation run: the gain speaks of this student only.
+        assert r.data.tags["distillation_gain"] == "this student"
     by_mapping = {}
     for r in runs:
         by_mapping.setdefault(r.data.params["mapping"], []).append(r.data.metrics["fitness"])
