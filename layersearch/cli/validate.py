@@ -17,9 +17,22 @@ EvidenceSpecOpt = Annotated[bool, typer.Option(
 @user_errors
 def validate(config: ConfigArg, set_: SetOpt = None, evidence_spec: EvidenceSpecOpt = False) -> None:
     """Check a config (schema, teacher, data paths, student shape) and print it resolved."""
+    from layersearch.checks import check
+    from layersearch.errors import UserError
     from layersearch.fidelity import config_fidelity_text, evidence_drift
 
-    cfg = load(config, set_)
+    cfg = load(config, set_, check_environment=False)
+    try:
+        check(cfg)
+    except UserError:
+        # The problems exit 2 (one line each, on stderr); what the ladder's evidence says of
+        # this config is still worth knowing while it is fixed, so it goes first, on stdout.
+        try:
+            if not evidence_spec and evidence_drift(cfg):
+                console.print(f"[yellow]note:[/] {config_fidelity_text(cfg)}", highlight=False, soft_wrap=True)
+        except (UserError, OSError):
+            pass  # a config that cannot even name its proxy has no evidence to compare
+        raise
     if evidence_spec:
         import yaml
 

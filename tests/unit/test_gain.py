@@ -226,3 +226,22 @@ def test_fidelity_evidence_says_whether_the_proxy_is_validated(quickstart_raw):
     # What the ladder said changes no unit of evidence.
     base = dict(quickstart_raw, proxy={k: v for k, v in quickstart_raw["proxy"].items() if k != "evidence"})
     assert spec_key(parse_config(base)) == spec_key(parse_config(quickstart_raw))
+
+
+def test_validate_says_the_evidence_does_not_apply_even_to_an_invalid_config(quickstart_raw, write_config):
+    """Issue 35's three settings: each gets the note; the one copy init cannot build still exits 2."""
+    from typer.testing import CliRunner
+
+    from layersearch.cli import app
+
+    path = write_config(with_evidence(quickstart_raw))
+    state_union = str(Path(quickstart_raw["corpus"]["paths"][0]).parent / "state_union")
+    runner = CliRunner()
+    for sets, code in ((["student.hidden_size=192", "student.intermediate_size=768"], 2),
+                       ([f"corpus.paths=[{state_union}]"], 0), (["student.init.method=etd-rand"], 0)):
+        result = runner.invoke(app, ["validate", str(path), *[a for s in sets for a in ("--set", s)]])
+        assert result.exit_code == code, result.output
+        assert "not measured" in result.stdout, (sets, result.stdout[-500:])
+        if code:
+            assert len([x for x in result.stderr.splitlines() if x.strip()]) == 1  # the one problem
+    assert "not measured" not in runner.invoke(app, ["validate", str(path)]).stdout
