@@ -53,7 +53,10 @@ def summarize(ev: Evaluation, names: list[str], weights: list[float] | None = No
 
 
 def interval_text(ev: Evaluation) -> str:
-    """``0.4123 ± 0.0310 (3 seeds)``: the mean, the 95% interval's half-width and the evidence."""
+    """``0.4123 ± 0.0310 (3 units)``: the mean, the 95% interval's half-width and the evidence.
+
+    A unit is one proxy slice x one fine-tune seed (one slice alone for a deterministic
+    readout), so the count is in units, whatever the readout."""
     return format_interval(ev.fitness, ev.fitness_ci_low, ev.fitness_ci_high, ev.fitness_seeds)
 
 
@@ -64,9 +67,9 @@ def format_interval(fitness: float | None, low: float | None, high: float | None
     if low is None or high is None:
         return f"{fitness:.4f}"
     half = (high - low) / 2
-    if seeds == 1:  # the seed noise is not measured: the interval is the dev set's alone
-        return f"{fitness:.4f} ± {half:.4f} (1 seed, dev set only)"
-    return f"{fitness:.4f} ± {half:.4f} ({seeds} seeds)"
+    if seeds == 1:  # the noise between units is not measured: the interval is the dev set's alone
+        return f"{fitness:.4f} ± {half:.4f} (1 unit, dev set only)"
+    return f"{fitness:.4f} ± {half:.4f} ({seeds} units)"
 
 
 @dataclass
