@@ -46,7 +46,8 @@ def write_model_card(out_dir: Path, cfg, mapping, run_id: str, lineage: dict | N
     lines = [
         "---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
         f"# {cfg.student.num_layers}-layer student of {cfg.teacher.model}", "",
-        f"A task-agnostic student distilled by [layersearch](https://github.com/) from `{cfg.teacher.model}`"
+        "A task-agnostic student distilled by layersearch (a layer-mapping search for BERT-family "
+        f"distillation) from `{cfg.teacher.model}`"
         f"{f' (revision {cfg.teacher.revision})' if cfg.teacher.revision else ''}. It is an encoder, like its "
         "teacher: fine-tune it on a task (below) or read its hidden states.", "",
         "## How it was made", "",
