@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from layersearch.config import Config
 from layersearch.distill.job import write_json_atomic
 from layersearch.fitness.evaluator import record_unit

@@ -176,7 +176,7 @@ def damage(path: Path) -> str | None:
         files = meta["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({type(exc).__name__})"
-    for name, f in files.items():
+    for f in files.values():
         p = path / f["file"]
         size = p.stat().st_size if p.is_file() else None
         if size != f["size"]:
