@@ -42,6 +42,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class Tracker:
     def __init__(self, cfg: TrackingConfig):
         import mlflow
@@ -55,6 +58,10 @@ class Tracker:
             self.experiment_id = (
                 exp.experiment_id if exp else self.client.create_experiment(cfg.experiment)
             )
+            if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+                # MLflow 3's UI opens an experiment of no kind in its GenAI view; these are
+                # model-training runs, so the experiment says so and opens in that view.
+                self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(f"tracking.uri: cannot reach MLflow at {cfg.uri}: {first}") from None

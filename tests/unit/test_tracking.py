@@ -78,3 +78,19 @@ def test_logged_config_params_hold_no_secret(quickstart_raw, monkeypatch):
     assert params["tracking.uri"] == "http://127.0.0.1:5000"
     assert not [k for k in params if re.search(r"password|secret|credential|api_key|(^|[._])token$", k, re.I)]
     assert not [k for k, v in params.items() if SECRET in str(v)]
+
+
+def test_the_experiment_opens_in_mlflows_model_training_view(tmp_path):
+    """MLflow 3's UI shows an experiment without a kind as a GenAI one; layersearch's say what they are."""
+    from mlflow.tracking import MlflowClient
+
+    from layersearch.config import TrackingConfig
+    from layersearch.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    old = client.create_experiment("made-before")  # an experiment an older layersearch created
+    for name in ("fresh", "made-before"):
+        tracker = Tracker(TrackingConfig(uri=uri, experiment=name))
+        assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracker.experiment_id == old
