@@ -89,11 +89,13 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{args.port}"
         wait_for(base)
-        shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}", IMAGES / "mlflow_experiment.png")
-        shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}/runs/{search.info.run_id}",
+        # MLflow 3's UI starts in its GenAI view; these are model-training runs.
+        view = "?workflowType=machine_learning"
+        shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}{view}", IMAGES / "mlflow_experiment.png")
+        shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}/runs/{search.info.run_id}{view}",
               IMAGES / "mlflow_search_run.png", "1440,1400")
         if evaluation is not None:
-            shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}/runs/{evaluation.info.run_id}",
+            shoot(chrome, f"{base}/#/experiments/{exp.experiment_id}/runs/{evaluation.info.run_id}{view}",
                   IMAGES / "mlflow_evaluation.png", "1440,1400")
     finally:
         server.terminate()
