@@ -9,6 +9,7 @@ also holds ``mapping.json`` and ``layersearch.yaml`` (the config), which the car
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,8 @@ import yaml
 CARD = "README.md"
 SCORES_BEGIN, SCORES_END = "<!-- layersearch:scores -->", "<!-- /layersearch:scores -->"
 # Offline teachers are packaged copies of Hub models: the card names the Hub original.
-OFFLINE_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
+OFFLINE_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
+                   "mpnet-base": "sentence-transformers/all-mpnet-base-v2"}
 
 
 def base_model(teacher: str) -> str | None:
@@ -28,12 +30,20 @@ def base_model(teacher: str) -> str | None:
     return teacher
 
 
+def _model_type(out_dir: Path) -> str:
+    try:
+        return str(json.loads((Path(out_dir) / "config.json").read_text())["model_type"])
+    except (OSError, ValueError, KeyError):
+        return "bert"
+
+
 def write_model_card(out_dir: Path, cfg, mapping, run_id: str, lineage: dict | None = None,
                      result: dict | None = None) -> Path:
     """Write ``out_dir/README.md`` for a finished distillation (MLflow ``run_id``)."""
     lineage = lineage or {}
+    family = _model_type(out_dir)  # the student's family is the teacher's (docs/families.md)
     meta = {"library_name": "transformers", "pipeline_tag": "feature-extraction",
-            "tags": ["layersearch", "distillation", "knowledge-distillation", "bert", "task-agnostic"]}
+            "tags": ["layersearch", "distillation", "knowledge-distillation", family, "task-agnostic"]}
     hub_id = base_model(cfg.teacher.model)
     if hub_id:
         meta = {"base_model": hub_id, "base_model_relation": "finetune", **meta}
