@@ -201,6 +201,20 @@ def _projection(student_width: int, teacher_width: int) -> nn.Module:
     return nn.Linear(student_width, teacher_width)
 
 
+def requirements(terms, layers: frozenset[int]) -> Requirements:
+    """What the objectives named in ``terms`` read from one model whose mapped layers are ``layers``."""
+    active = [OBJECTIVES[n] for n in terms]
+    none: frozenset[int] = frozenset()
+    return Requirements(
+        hidden=(frozenset({0}) if any(o.embedding for o in active) else none)
+        | (layers if any(o.hidden for o in active) else none),
+        queries=layers if any("q" in o.qkv for o in active) else none,
+        keys=layers if any("k" in o.qkv for o in active) else none,
+        values=layers if any("v" in o.qkv for o in active) else none,
+        logits=any(o.logits for o in active),
+    )
+
+
 class DistillLoss(nn.Module):
     """The weighted sum of the active objectives along one mapping.
 
@@ -255,17 +269,7 @@ class DistillLoss(nn.Module):
         )
 
     def _requirements(self, side: int) -> Requirements:
-        layers = frozenset(pair[side] for pair in self.pairs)
-        active = [OBJECTIVES[n] for n in self.weights]
-        none: frozenset[int] = frozenset()
-        return Requirements(
-            hidden=(frozenset({0}) if any(o.embedding for o in active) else none)
-            | (layers if any(o.hidden for o in active) else none),
-            queries=layers if any("q" in o.qkv for o in active) else none,
-            keys=layers if any("k" in o.qkv for o in active) else none,
-            values=layers if any("v" in o.qkv for o in active) else none,
-            logits=any(o.logits for o in active),
-        )
+        return requirements(self.weights, frozenset(pair[side] for pair in self.pairs))
 
     def student_requirements(self) -> Requirements:
         return self._requirements(0)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersearch.durable import fsync_path
 from layersearch.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -142,14 +143,6 @@ def _reserve(fh, nbytes: int) -> None:
         raise
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _locked(root: Path, key: str) -> Iterator[None]:
     with open(root / f".{key}.lock", "a") as fh:
@@ -238,9 +231,9 @@ def open_entry(root: str | Path, key: str, build: Callable[[Writer], dict], what
             (tmp / MANIFEST).write_text(json.dumps({"key": key, **(extra or {}), "files": files}, indent=1))
             with open(tmp / MANIFEST, "rb") as fh:
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_path(tmp)
             os.rename(tmp, path)  # atomic: readers see a whole entry or none
-            _fsync_dir(root)
+            fsync_path(root)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 need = sum(int(np.prod(f["shape"])) * np.dtype(DTYPES[f["dtype"]]).itemsize

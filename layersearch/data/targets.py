@@ -44,19 +44,11 @@ FULL_DISK_FIX = "Free space there, set corpus.cache_dir to a larger disk, or set
 
 def search_space_requirements(cfg: Config, num_teacher_layers: int) -> Requirements:
     """What any mapping of the search space may read from the teacher under ``cfg.objective``."""
-    from layersearch.losses import OBJECTIVES
+    from layersearch.losses import requirements
 
-    active = [OBJECTIVES[n] for n, w in cfg.objective.terms.items() if w > 0]
-    every = frozenset(range(1, num_teacher_layers + 1))
-    none: frozenset[int] = frozenset()
-    return Requirements(
-        hidden=(frozenset({0}) if any(o.embedding for o in active) else none)
-        | (every if any(o.hidden for o in active) else none),
-        queries=every if any("q" in o.qkv for o in active) else none,
-        keys=every if any("k" in o.qkv for o in active) else none,
-        values=every if any("v" in o.qkv for o in active) else none,
-        logits=any(o.logits for o in active),
-    )
+    # The one rule DistillLoss asks per mapping, over every layer a mapping may name.
+    active = [n for n, w in cfg.objective.terms.items() if w > 0]
+    return requirements(active, frozenset(range(1, num_teacher_layers + 1)))
 
 
 def bytes_per_block(req: Requirements, teacher_config, seq_length: int, precision: str) -> int:

@@ -22,7 +22,6 @@ are removed on the next save and on ``clean_temporary``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from layersearch.durable import fsync_path
 from layersearch.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -61,20 +61,12 @@ def resume_candidates(root: str | Path) -> list[Path]:
     return list(reversed(_checkpoints(Path(root)))) if Path(root).is_dir() else []
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_durable(folder: Path) -> None:
     """Every file of ``folder``, then the folder's own entries, onto the disk."""
     for f in folder.iterdir():
         if f.is_file():
-            _fsync(f)
-    _fsync(folder)
+            fsync_path(f)
+    fsync_path(folder)
 
 
 def clean_temporary(root: str | Path) -> None:
@@ -159,7 +151,7 @@ def save_checkpoint(root: Path, step: int, student, loss_module, optimizer, sche
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    _fsync(root)  # the rename itself
+    fsync_path(root)  # the rename itself
     for old in _checkpoints(root)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f"{TMP_PREFIX}*"):
