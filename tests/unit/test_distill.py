@@ -119,8 +119,8 @@ def test_checkpoints_are_fsynced_before_and_after_the_rename(tmp_path, monkeypat
     import layersearch.distill.checkpoint as ckpt
 
     synced, renamed = [], []
-    real_fsync, real_rename = ckpt._fsync, type(tmp_path).rename
-    monkeypatch.setattr(ckpt, "_fsync", lambda p: (synced.append(p), real_fsync(p))[1])
+    real_fsync, real_rename = ckpt.fsync_path, type(tmp_path).rename
+    monkeypatch.setattr(ckpt, "fsync_path", lambda p: (synced.append(p), real_fsync(p))[1])
     monkeypatch.setattr(type(tmp_path), "rename",
                         lambda self, target: (renamed.append(len(synced)), real_rename(self, target))[1])
     student, teacher, loss = _pair()
