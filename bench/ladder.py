@@ -63,7 +63,16 @@ from layersearch.mapping import HEURISTICS, Mapping, heuristic
 
 QUICKSTART = "configs/quickstart.yaml"
 RANDOMS = 6  # random draws registered for a new config
-TRUTH_TOKENS = 20  # the ground truth's distillation tokens, in multiples of the proxy's
+TRUTH_TOKENS = 20  # the ground truth's distillation tokens, in multiples of the proxy's (issue 34)
+# What a 2-core CPU trades to finish a ladder at bert-base's shape in one session (the issue allows
+# trading steps, never the mappings or the 2 runs each): 12 mappings x 2 runs of 600 steps against a
+# live 12-layer teacher is about 4 CPU-hours even packed, before any fine-tune. Printed by --report.
+CPU_TRADE = {
+    "tokens": 10,  # 10x the proxy's distillation tokens, not 20x; the stability line says if it matters
+    "finetune_examples": 1600,  # 100 fine-tune steps per task, not 200
+    "finetune_seeds": [0, 1],  # 2 fine-tune seeds per final student, not 3
+    "teacher_seeds": 1,  # the teacher fine-tuned once per task: its interval resamples dev examples
+}
 STAGES = ("teacher", "truth", "proxy", "half", "own")
 DEFAULT_STAGES = ("teacher", "truth", "proxy", "half")
 
@@ -112,6 +121,7 @@ QUICK_LADDER = {
                                        "tasks.probe.train_examples=64"], None)},
     "primary": "proxy-3-steps-3-seeds",
     "own_genes": False,
+    "packed": True,
     "kept_only": False,
 }
 
@@ -136,7 +146,11 @@ def ladder_of(config: str, quick: bool) -> dict:
                           "distill.train.max_steps instead of max_tokens")
     proxy_blocks = p.train.max_steps * p.train.batch_size * p.train.grad_accum_steps
     per_step = d.train.batch_size * d.train.grad_accum_steps
-    steps = math.ceil(TRUTH_TOKENS * proxy_blocks / per_step / 100) * 100  # whole hundreds: checkpoints
+    from layersearch.fitness import local_device
+
+    trade = CPU_TRADE if local_device(cfg) == "cpu" else {}  # a GPU runs the issue's budget
+    tokens = trade.get("tokens", TRUTH_TOKENS)
+    steps = math.ceil(tokens * proxy_blocks / per_step / 100) * 100  # whole hundreds: checkpoints
     if cfg.confirm.distill_seeds < 2:
         raise LadderError(f"{config}: confirm.distill_seeds is {cfg.confirm.distill_seeds}; the ground truth "
                           "needs 2 or more distillation runs per mapping")
@@ -149,13 +163,21 @@ def ladder_of(config: str, quick: bool) -> dict:
         "config": config, "results": f"bench/results/ladder-{Path(config).stem}", "randoms": RANDOMS,
         "proxy": ["search.racing=null"],  # every mapping on every slice, no race
         "truth": [f"distill.train.max_steps={steps}", f"distill.corpus_blocks={steps * per_step}",
-                  "distill.train.checkpoint_every=100", f"student.init.layers={init}"],
+                  "distill.train.checkpoint_every=100", f"student.init.layers={init}",
+                  *([f"confirm.tasks.finetune.train_examples={trade['finetune_examples']}",
+                     f"confirm.tasks.finetune.seeds=[{','.join(map(str, trade['finetune_seeds']))}]"]
+                    if trade else [])],
+        "teacher_seeds": trade.get("teacher_seeds"),
+        "traded": [f"distillation {tokens}x the proxy's tokens ({steps} steps), not {TRUTH_TOKENS}x",
+                   f"fine-tunes on {trade['finetune_examples']} examples with seeds {trade['finetune_seeds']}",
+                   f"the teacher fine-tuned with {trade['teacher_seeds']} seed per task"] if trade else [],
         "half": [f"distill.train.max_steps={steps // 2}"],
         "own": ["student.init.layers=mapping"],
         "spread": None,
         "fidelities": fidelities,
         "primary": next(iter(fidelities)),  # the config's own proxy, as it is shipped
         "own_genes": False,
+        "packed": True,  # bench/ladder_truth.py: every mapping of a seed against one teacher pass
         "kept_only": True,  # the final students are fine-tuned only on the tasks with signal
         "init_layers": init,
     }
@@ -342,17 +364,23 @@ def teacher_stage(ladder: dict, truth) -> None:
     cfg = truth()
     cache, ident = teacher_cache(ladder, cfg, write=True)
     tasks = confirm_tasks(cfg)
-    units = [(0, f) for f in tasks.finetune.seeds]
+    seeds = teacher_seeds(ladder, tasks)
+    units = [(0, f) for f in seeds]
     hit, partial = cache.lookup(ident, units, tasks.names)
     if hit is not None:
         return
     print("== the teacher's own scores", flush=True)
     ev = new_record(ident, partial, cache.spec_key)
     readout, teacher = FinalReadout(cfg), load_teacher(cfg.teacher.model, cfg.teacher.revision)
-    for f in tasks.finetune.seeds:
+    for f in seeds:
         if unit_key(0, f) not in ev.units:
             readout.score(ev, teacher, 0, [f], False)
             cache.put(ev)
+
+
+def teacher_seeds(ladder: dict, tasks) -> list[int]:
+    """The fine-tune seeds the teacher is scored with: the final students' seeds, or the first few."""
+    return list(tasks.finetune.seeds)[:ladder.get("teacher_seeds") or None]
 
 
 def teacher_cache(ladder: dict, truth_cfg, write: bool = False):
@@ -392,7 +420,8 @@ def proxy_stage(ladder: dict, proxy, names: list[str], specs: list[tuple[str, st
     from layersearch.resolve import resolve_any_mapping
     from layersearch.workflows.evaluate import evaluate_all
 
-    for name in names:
+    # The fine-tune readouts last: they cost the most, and a session's end then stops the least needed.
+    for name in sorted(names, key=lambda f: f.startswith("finetune")):
         cfg = proxy(name)
         dev = local_device(cfg)
         note_key(ladder, f"fidelity:{name}", {"key": spec_key(cfg, dev), "init_key": init_spec_key(cfg, dev)})
@@ -421,6 +450,11 @@ def run(ladder: dict, args) -> None:
             raise LadderError("the teacher's scores are not cached, so the ground truth's tasks are not known: "
                               "run the teacher stage first (--stages teacher, or no --stages)")
         proxy, truth = configs(ladder, args.set, kept)
+    if ladder.get("packed") and {"truth", "half"} & set(stages):
+        from ladder_truth import packed_truth
+
+        packed_truth(ladder, truth(), specs, note_key)  # both budgets from the same runs
+        stages = [s for s in stages if s not in ("truth", "half")]
     if "truth" in stages:
         truth_stage(ladder, truth(), "truth", specs, 1 if ladder["spread"] else None)
     if "proxy" in stages:

@@ -23,7 +23,7 @@ BOOTSTRAP = 1000
 
 def teacher_signal(ladder: dict, truth_cfg) -> dict | None:
     """Each ground-truth task's teacher score (mean, low, high), or None if not cached yet."""
-    from ladder import teacher_cache
+    from ladder import teacher_cache, teacher_seeds
 
     from layersearch.fitness.aggregate import unit_order
     from layersearch.fitness.spec import confirm_tasks
@@ -31,7 +31,7 @@ def teacher_signal(ladder: dict, truth_cfg) -> dict | None:
     cache, ident = teacher_cache(ladder, truth_cfg)
     ev = cache.get(ident)
     tasks = confirm_tasks(truth_cfg)
-    if ev is None or any(unit_key(0, f) not in ev.units for f in tasks.finetune.seeds):
+    if ev is None or any(unit_key(0, f) not in ev.units for f in teacher_seeds(ladder, tasks)):
         return None
     units = unit_order(ev)
     out = {}
@@ -119,6 +119,33 @@ def seconds(evs: list[Evaluation], units: list[str], tasks: list[str]) -> tuple[
     return distill * len(runs), tasks_s
 
 
+def truth_cpu_seconds(ev: Evaluation, units: list[str]) -> float | None:
+    """CPU seconds of one ground-truth evaluation at these units (its distillation runs and its
+    fine-tunes on the kept tasks), or None where its units predate CPU accounting."""
+    runs, finetune = {}, 0.0
+    for u in units:
+        unit = ev.units[u]
+        if "distill_cpu_s" not in unit or "finetune_cpu_s" not in unit:
+            return None
+        runs[unit["slice_seed"]] = unit["distill_cpu_s"]
+        finetune += unit["finetune_cpu_s"]
+    return sum(runs.values()) + finetune
+
+
+def cpu_ratio(truth: list[Evaluation], gt_units: list[str], fidelity: list[Evaluation]) -> float | None:
+    """Median CPU seconds of a ground-truth evaluation over a fidelity's (every slice), over the
+    records that hold CPU seconds; None where none does or a ground-truth unit lacks them."""
+    t = [truth_cpu_seconds(ev, gt_units) for ev in truth]
+    slices = len({u["slice_seed"] for u in fidelity[0].units.values()}) if fidelity else 0
+    # Per slice distilled in the call that recorded them (records completed from a search's cache
+    # hold CPU seconds for their new slices only), then times the fidelity's slices.
+    f = [ev.timings["cpu_s"] / ev.timings["cpu_slices"] * slices for ev in fidelity
+         if ev.timings.get("cpu_slices") and "cpu_s" in ev.timings]
+    if any(x is None for x in t) or not f:
+        return None
+    return ls.compute_ratio(statistics.median(t), statistics.median(f))
+
+
 def fmt(x: float, sign: bool = True) -> str:
     return "n/a" if not np.isfinite(x) else (f"{x:+.2f}" if sign else f"{x:.2f}")
 
@@ -142,6 +169,9 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
     out: dict = {"registered": reg}
     proxy, truth = configs(ladder, extra)
     n = teacher_layers(truth())
+    if ladder.get("traded"):
+        print("traded for a CPU (bench/ladder.py CPU_TRADE; never the mappings or the 2 runs each): "
+              + "; ".join(ladder["traded"]))
     signal = teacher_signal(ladder, truth())
     names = list(confirm_tasks(truth()).names)
     if signal is None:
@@ -281,8 +311,12 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         fid = draws_of(frecs, units, ptasks, counts, idx)
         t = ls.tau_interval(fid, gt, mappings)
         ratio = ls.compute_ratio(truth_s, ls.truth_seconds(*seconds(frecs, units, ptasks), ptasks))
+        cpu = cpu_ratio(evs, gt_units, frecs)
+        ratio_text = (f"compute ratio {cpu:.1f} (CPU seconds)" if cpu is not None
+                      else f"compute ratio {ratio:.1f} (median wall seconds: no CPU seconds recorded)")
         entry = {"role": role, "tau": t["tau"], "tau_ci": list(t["tau_ci"]), "p": t["p"],
-                 "compute_ratio": ratio, "fitness": {lbl: float(v) for lbl, v in zip(labels, fid[0], strict=True)}}
+                 "compute_ratio": ratio, "compute_ratio_cpu": cpu,
+                 "fitness": {lbl: float(v) for lbl, v in zip(labels, fid[0], strict=True)}}
         init_cache = EvaluationCache(cfg.search.cache_dir, key.get("init_key") or init_spec_key(cfg, dev))
         init = init_cache.get(init_identity(proxy_init_config(cfg), uniform_mapping))
         gain_text = "gain not measured (no init baseline cached)"
@@ -294,7 +328,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
             entry.update(gain=g["gain"], gain_ci=list(g["gain_ci"]), init_fitness=float(base[0]))
         ties = " (every mapping scores the same: no ranking)" if np.ptp(fid[0]) == 0 else ""
         lines.append(f"fidelity {fname} ({role}): tau {fmt(t['tau'])} {ci(t['tau_ci'])}{ties}, permutation p "
-                     f"{t['p']:.3f}, compute ratio {ratio:.1f}, {gain_text}")
+                     f"{t['p']:.3f}, {ratio_text}, {gain_text}")
         table[fname] = entry
     out["fidelities"] = table
     print("\n" + "mapping".ljust(12) + "truth".rjust(8) + "".join(f"{i + 1:>8}" for i in range(len(table))))
@@ -305,7 +339,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
     print(f"fidelities against the ground truth ({name}); tau intervals resample the mappings, the distillation "
           f"runs (slices), the units inside them and the dev examples; p: exact permutation p of tau over "
           f"the {len(labels)} mappings (two-sided); compute ratio: seconds of one ground-truth evaluation on "
-          f"{', '.join(tasks)} over one of the fidelity's (medians of wall seconds: the units record no CPU seconds)")
+          f"{', '.join(tasks)} over one of the fidelity's, in CPU seconds where both recorded them")
     for line in lines:
         print(line)
     return out

@@ -15,6 +15,7 @@ one-by-one evaluation agree within float tolerance.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import get_scheduler
@@ -66,11 +67,13 @@ class _Member:
 
 
 def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor, cfg: TrainConfig,
-                 pad_token_id: int = 0, teacher_targets=None,
-                 device: str | None = None) -> list[TrainResult | Exception]:
+                 pad_token_id: int = 0, teacher_targets=None, device: str | None = None,
+                 on_step: Callable[[int], None] | None = None) -> list[TrainResult | Exception]:
     """Distil every student of the pack; a diverging one ends with its DivergenceError.
 
     ``teacher_targets`` (cached, ``data.targets``) stand in for the teacher pass, as in ``train``.
+    ``on_step(step)`` runs after every member's optimizer step (the students are the ones passed
+    in, trained in place: it may save them mid-run).
 
     Returns one entry per student, in order: its TrainResult, or the exception
     that stopped it (the rest of the pack carries on).
@@ -117,6 +120,8 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
             if step % cfg.log_every == 0 or step == steps:
                 for k, v in acc.items():
                     m.curves.setdefault(k, []).append((step, v))
+        if on_step is not None:
+            on_step(step)
     torch.set_rng_state(outer_rng)
     seconds = time.perf_counter() - began
     tokens = steps * cfg.batch_size * cfg.grad_accum_steps * data.shape[1]

@@ -252,12 +252,13 @@ class Evaluator:
         from layersearch.student import make_student
 
         ev = self._new(mapping, prior, units)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         try:
             for s in self.cfg.proxy.slice_seeds:
                 seeds = self._todo(ev, s, units)
                 if not seeds:
                     continue
+                ev.timings["cpu_slices"] = ev.timings.get("cpu_slices", 0) + 1
                 cfg, data = self.slice_config(s), self.slice(s)
                 student, loss, _ = make_student(cfg, self.teacher, mapping, data, self.pad)
                 result = train(student, self.teacher, loss, data, cfg.proxy.train, pad_token_id=self.pad,
@@ -267,6 +268,9 @@ class Evaluator:
         except Exception as exc:  # a bad candidate is a result, not a crash
             self._fail(ev, exc)
         ev.timings["total_s"] = time.perf_counter() - began
+        # CPU seconds of this process (every intra-op thread), a cost a shared machine does not
+        # inflate, and the slices they paid for (a record resumed from a prior holds more).
+        ev.timings["cpu_s"] = time.process_time() - cpu
         return self._finish(ev)
 
     def init_of(self, mapping: Mapping) -> Mapping:
@@ -303,13 +307,15 @@ class Evaluator:
         Same results as ``evaluate`` one by one (see packed.py); each slice's
         distillation wall time is shared equally among the members that needed it.
         """
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         priors = priors or [None] * len(mappings)
         evs = [self._new(m, p, units) for m, p in zip(mappings, priors, strict=True)]
         for s in self.cfg.proxy.slice_seeds:
             members = [(ev, m) for ev, m in zip(evs, mappings, strict=True) if ev.ok and self._todo(ev, s, units)]
             if not members:
                 continue
+            for ev, _ in members:
+                ev.timings["cpu_slices"] = ev.timings.get("cpu_slices", 0) + 1
             cfg, data = self.slice_config(s), self.slice(s)
             # Out of memory halves the pack and retries with fresh students, down to one student
             # (which then fails alone); another error is retried member by member.
@@ -331,7 +337,9 @@ class Evaluator:
                 except Exception as exc:
                     self._fail(ev, exc)
         share = (time.perf_counter() - began) / len(mappings)
+        cpu_share = (time.process_time() - cpu) / len(mappings)  # the pack's CPU, shared equally
         for ev in evs:
+            ev.timings["cpu_s"] = cpu_share
             # A member's own time: its share of the packed distillation plus its fine-tuning.
             parts = [ev.timings[k] for k in ("distill_s", "finetune_s") if k in ev.timings]
             ev.timings["total_s"] = sum(parts) if ev.ok else share

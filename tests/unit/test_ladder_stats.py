@@ -1,6 +1,7 @@
 """The fidelity ladder's statistics (fitness/ladder_stats.py) on cases worked out by hand."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,42 @@ def test_compute_ratio_counts_only_the_kept_tasks():
     assert math.isnan(ls.compute_ratio(truth, 0.0))
     with pytest.raises(ValueError, match="mrpc"):
         ls.truth_seconds(100.0, {"sst2": 20.0}, ["sst2", "mrpc"])
+
+
+def test_cpu_compute_ratio_counts_each_run_once_and_scales_a_fidelity_per_slice(monkeypatch):
+    import sys
+
+    from layersearch.fitness.record import Evaluation, unit_key
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.modules.pop("ladder_lines", None)
+    import ladder_lines
+
+    def truth(distill, finetune):
+        ev = Evaluation([3, 6], 6, "k")
+        for s in (0, 1):
+            for f in (0, 1):
+                ev.units[unit_key(s, f)] = {"slice_seed": s, "finetune_seed": f, "distill_cpu_s": distill[s],
+                                            "finetune_cpu_s": finetune, "tasks": {}}
+        return ev
+
+    units = [unit_key(s, f) for s in (0, 1) for f in (0, 1)]
+    # Two runs of 100 and 120 CPU s (each shared by its 2 units), 4 fine-tunes of 5 s: 240 s.
+    assert ladder_lines.truth_cpu_seconds(truth([100.0, 120.0], 5.0), units) == pytest.approx(240.0)
+
+    def fidelity(cpu, cpu_slices):
+        ev = Evaluation([3, 6], 6, "p")
+        for s in (0, 1, 2):
+            ev.units[unit_key(s, 0)] = {"slice_seed": s, "finetune_seed": 0, "tasks": {}}
+        ev.timings.update(cpu_s=cpu, cpu_slices=cpu_slices)
+        return ev
+
+    # 3 slices: one record paid 30 s for all 3, one 8 s for 1 (completed from a cache) = 24 s for 3;
+    # the median of 30 and 24 is 27, and the ground truth's median of 240 and 200 is 220.
+    fid = [fidelity(30.0, 3), fidelity(8.0, 1)]
+    gts = [truth([100.0, 120.0], 5.0), truth([90.0, 90.0], 5.0)]
+    assert ladder_lines.cpu_ratio(gts, units, fid) == pytest.approx(220.0 / 27.0)
+    # A ground-truth unit without CPU seconds: no CPU ratio (the report falls back to wall seconds).
+    del gts[1].units[units[0]]["distill_cpu_s"]
+    assert ladder_lines.cpu_ratio(gts, units, fid) is None
+    assert ladder_lines.cpu_ratio([gts[0]], units, [Evaluation([3, 6], 6, "p")]) is None

@@ -88,3 +88,30 @@ def test_split_on_oom_halves_down_to_one_and_isolates_other_errors():
 
     assert is_out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_on_step_sees_each_student_mid_run_as_a_stopped_run_leaves_it(tmp_path):
+    # The ladder saves its half-budget students from on_step: at step k a member must hold what
+    # train() alone holds when stopped (preempted) after k steps of the same schedule.
+    t = teacher()
+    k = 3
+    alone = []
+    for i in range(2):
+        s, loss = student(i)
+        train(s, t, loss, DATA, CFG, checkpoint_dir=tmp_path / f"ck{i}", stop_after=k)
+        alone.append(s)
+    students, losses = zip(*(student(i) for i in range(2)), strict=True)
+    seen, snaps = [], {}
+
+    def on_step(step):
+        seen.append(step)
+        if step == k:
+            snaps.update({i: [p.detach().clone() for p in s.parameters()] for i, s in enumerate(students)})
+
+    train_packed(list(students), t, list(losses), DATA, CFG, on_step=on_step)
+    assert seen == list(range(1, CFG.max_steps + 1))
+    for i, ref in enumerate(alone):
+        for a, b in zip(ref.parameters(), snaps[i], strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+        # and the pack went on training after the snapshot
+        assert not all(torch.equal(a, b) for a, b in zip(students[i].parameters(), snaps[i], strict=True))

@@ -1,0 +1,161 @@
+"""The ladder's ground truth where a CPU must afford it: every mapping's final student of one
+distillation seed trained together, one teacher pass per batch.
+
+``confirm`` distils each mapping alone (``distill/job.py``: ``torch.manual_seed(init seed)``,
+``make_student``, ``train`` on the seed's corpus blocks). Here the same students, losses, blocks
+and ``distill.train`` settings go to ``distill.packed.train_packed``, which gives each member the
+step order and random stream ``train`` would (equal within float tolerance, tests/unit/test_packed),
+so the students are confirm's at a twelfth of the teacher passes. Each student is also saved at
+half the steps of the same run (its learning rate not yet decayed): the stability line compares
+the two. Then every student is fine-tuned as ``confirm`` does (``FinalReadout``) and its units are
+cached per (mapping, distillation seed) under the stage keys ``truth:truth`` and ``truth:half``.
+
+What is kept: a finished pack's students (model directories, written atomically, with a note of
+their training seconds) and each student's units. A kill during a pack's training loses that pack
+(packed training keeps no checkpoints); a kill during the fine-tunes loses one student's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+PACKED = "packed-"  # the stage keys' prefix: these records are not confirm's own
+
+
+def student_roots(cfg) -> tuple[Path, Path]:
+    """(full, half) budget folders of the final students."""
+    from layersearch.confirm import FinalStudents
+    from layersearch.fitness import local_device
+
+    full = FinalStudents.of(cfg, local_device(cfg)).root
+    return full.with_name(PACKED + full.name), full.with_name(PACKED + full.name + "-half")
+
+
+def stage_key(cfg, kind: str) -> str:
+    from layersearch.confirm import keys
+    from layersearch.fitness import local_device
+
+    return PACKED + kind + "-" + keys(cfg, local_device(cfg))[0]
+
+
+def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=print) -> None:
+    """Train every mapping's student of distillation ``seed`` in one pack; save at half and full steps."""
+    import torch
+
+    from layersearch.confirm import FinalStudents, seed_config
+    from layersearch.data.blocks import open_blocks
+    from layersearch.distill import total_steps
+    from layersearch.distill.packed import train_packed
+    from layersearch.export import save_model_dir
+    from layersearch.models import load_teacher_for, load_tokenizer
+    from layersearch.student import finish_student, make_student
+
+    cfg = seed_config(cfg, seed)
+    full, half = FinalStudents(roots[0]), FinalStudents(roots[1])
+    todo = [m for m in mappings if not (full.done(m, seed) and half.done(m, seed))]
+    if not todo:
+        return
+    teacher = load_teacher_for(cfg)
+    tokenizer = load_tokenizer(cfg.teacher.model, cfg.teacher.revision)
+    data = open_blocks(cfg.corpus, tokenizer, cfg.distill.corpus_blocks, seed)
+    pad = tokenizer.pad_token_id or 0
+    students, losses = [], []
+    for m in todo:
+        torch.manual_seed(cfg.student.init.seed)  # as the distill job seeds each student
+        s, loss, _ = make_student(cfg, teacher, m, data, pad, tokenizer)
+        students.append(s)
+        losses.append(loss)
+    steps = total_steps(cfg.distill.train, data.shape[1])
+    mid = steps // 2
+    say(f"  distillation seed {seed}: {len(todo)} students packed, {steps} steps", flush=True)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    def save(where: FinalStudents, step: int) -> None:
+        share = (time.perf_counter() - wall0) / len(todo), (time.process_time() - cpu0) / len(todo)
+        for m, s in zip(todo, students, strict=True):
+            if where.done(m, seed):
+                continue
+            out = where.path(m, seed)
+            mapping_json = json.dumps(m.to_json(cfg.teacher.model, list(losses[0].weights)), indent=2)
+            save_model_dir(finish_student(s), tokenizer, out,
+                           {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
+            write_note(out, step, *share)
+        say(f"  distillation seed {seed}: step {step} saved ({share[0]:.0f} s, {share[1]:.0f} CPU s per student)",
+            flush=True)
+
+    def on_step(step: int) -> None:
+        if step == mid:
+            save(half, step)
+
+    results = train_packed(students, teacher, losses, data, cfg.distill.train, pad_token_id=pad, on_step=on_step)
+    for m, r in zip(todo, results, strict=True):
+        if isinstance(r, Exception):  # a diverged student: the rest of the pack is kept
+            say(f"  {m}: {r}", flush=True)
+    ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    todo, students = [todo[i] for i in ok], [students[i] for i in ok]
+    save(full, steps)
+
+
+def write_note(out: Path, step: int, seconds: float, cpu_seconds: float) -> None:
+    from layersearch.distill.job import write_json_atomic
+
+    write_json_atomic(out.with_name(out.name + ".json"), {
+        "run_id": "packed", "steps": step, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds})
+
+
+def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
+    """Fine-tune every finished student under ``root`` (confirm's readout); units cached under ``key``."""
+    from transformers import AutoModel
+
+    from layersearch.confirm import FinalReadout, FinalStudents, distill_seeds, final_units, new_record
+    from layersearch.fitness.record import unit_key
+    from layersearch.fitness.spec import confirm_tasks
+    from layersearch.search.cache import EvaluationCache
+
+    tasks = confirm_tasks(cfg)
+    cache = EvaluationCache(cfg.confirm.cache_dir or cfg.search.cache_dir, key)
+    students, readout = FinalStudents(root), None
+    for m in mappings:
+        hit, partial = cache.lookup(m, final_units(cfg), tasks.names, tasks.weights)
+        if hit is not None:
+            continue
+        ev = new_record(m, partial, key)
+        for seed in distill_seeds(cfg):
+            todo = [f for f in tasks.finetune.seeds if unit_key(seed, f) not in ev.units]
+            if not todo or not students.done(m, seed):
+                continue
+            readout = readout or FinalReadout(cfg)
+            note = json.loads(students.path(m, seed).with_name(students.path(m, seed).name + ".json").read_text())
+            cpu0 = time.process_time()
+            readout.score(ev, AutoModel.from_pretrained(students.path(m, seed)), seed, todo, False,
+                          note["train_seconds"])
+            for f in todo:  # CPU seconds beside the wall seconds the units record
+                ev.units[unit_key(seed, f)]["distill_cpu_s"] = note["train_cpu_seconds"]
+                ev.units[unit_key(seed, f)]["finetune_cpu_s"] = (time.process_time() - cpu0) / len(todo)
+            cache.put(ev)
+            say(f"  scored {m} distillation seed {seed}", flush=True)
+
+
+def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=print) -> None:
+    """The ``truth`` and ``half`` stages of a ladder together: distil, then score both budgets."""
+    from layersearch.confirm import distill_seeds
+    from layersearch.models import load_teacher_config
+    from layersearch.resolve import resolve_any_mapping
+
+    n = load_teacher_config(cfg.teacher.model, cfg.teacher.revision).num_hidden_layers
+    mappings = [resolve_any_mapping(spec, cfg, n) for _, spec in specs]
+    roots = student_roots(cfg)
+    keys = {kind: stage_key(cfg, kind) for kind in ("truth", "half")}
+    for kind, key in keys.items():
+        note_key(ladder, f"truth:{kind}", {"key": key, "tasks": list(cfg.confirm.tasks.names),
+                                           "steps": cfg.distill.train.max_steps // (2 if kind == "half" else 1),
+                                           "trainer": "packed (bench/ladder_truth.py)"})
+    say(f"== ground truth (packed): {len(mappings)} mappings x {cfg.confirm.distill_seeds} distillation run(s), "
+        f"{cfg.distill.train.max_steps} steps, saved at half and full", flush=True)
+    for seed in distill_seeds(cfg):
+        distil_seed(cfg, mappings, seed, roots, say)
+    for kind, root in zip(("truth", "half"), roots, strict=True):
+        say(f"== scoring the {kind} students", flush=True)
+        score(cfg, mappings, root, keys[kind], say)
