@@ -453,7 +453,13 @@ def run(ladder: dict, args) -> None:
     if ladder.get("packed") and {"truth", "half"} & set(stages):
         from ladder_truth import packed_truth
 
-        packed_truth(ladder, truth(), specs, note_key)  # both budgets from the same runs
+        shard = None
+        if args.shard:
+            i, n = (int(x) for x in args.shard.split("/"))
+            if not 0 <= i < n:
+                raise LadderError(f"--shard {args.shard}: give I/N with 0 <= I < N")
+            shard = (i, n)
+        packed_truth(ladder, truth(), specs, note_key, shard=shard)  # both budgets from the same runs
         stages = [s for s in stages if s not in ("truth", "half")]
     if "truth" in stages:
         truth_stage(ladder, truth(), "truth", specs, 1 if ladder["spread"] else None)
@@ -486,6 +492,8 @@ def main() -> None:
     ap.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default {','.join(DEFAULT_STAGES)})")
     ap.add_argument("--set", action="append", default=[], help="an override for every config, KEY=VALUE")
     ap.add_argument("--results", help="the ladder's folder (default bench/results/ladder-<config name>)")
+    ap.add_argument("--shard", help="I/N: score only every N-th mapping from the I-th (finished students only), "
+                                    "so N one-thread processes share the fine-tunes")
     args = ap.parse_args()
     try:
         ladder = ladder_of(args.config, args.quick)

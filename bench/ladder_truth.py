@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from layersearch.errors import UserError
+
 PACKED = "packed-"  # the stage keys' prefix: these records are not confirm's own
 
 
@@ -138,8 +140,12 @@ def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
             say(f"  scored {m} distillation seed {seed}", flush=True)
 
 
-def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=print) -> None:
-    """The ``truth`` and ``half`` stages of a ladder together: distil, then score both budgets."""
+def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=print,
+                 shard: tuple[int, int] | None = None) -> None:
+    """The ``truth`` and ``half`` stages of a ladder together: distil, then score both budgets.
+
+    ``shard`` (i, n): score only every n-th mapping from the i-th, after the distillations are
+    done; n processes of one thread each use small cores better than one of n threads."""
     from layersearch.confirm import distill_seeds
     from layersearch.models import load_teacher_config
     from layersearch.resolve import resolve_any_mapping
@@ -154,8 +160,18 @@ def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=
                                            "trainer": "packed (bench/ladder_truth.py)"})
     say(f"== ground truth (packed): {len(mappings)} mappings x {cfg.confirm.distill_seeds} distillation run(s), "
         f"{cfg.distill.train.max_steps} steps, saved at half and full", flush=True)
-    for seed in distill_seeds(cfg):
-        distil_seed(cfg, mappings, seed, roots, say)
+    if shard is None:
+        for seed in distill_seeds(cfg):
+            distil_seed(cfg, mappings, seed, roots, say)
+    else:
+        from layersearch.confirm import FinalStudents
+
+        missing = [str(m) for m in mappings for s in distill_seeds(cfg) for r in roots
+                   if not FinalStudents(r).done(m, s)]
+        if missing:
+            raise UserError(f"--shard scores finished students only; not distilled yet: {', '.join(missing[:3])} "
+                            "(run the ladder without --shard first)")
+        mappings = mappings[shard[0]::shard[1]]
     for kind, root in zip(("truth", "half"), roots, strict=True):
         say(f"== scoring the {kind} students", flush=True)
         score(cfg, mappings, root, keys[kind], say)
