@@ -146,6 +146,19 @@ def cpu_ratio(truth: list[Evaluation], gt_units: list[str], fidelity: list[Evalu
     return ls.compute_ratio(statistics.median(t), statistics.median(f))
 
 
+def cpu_spent(truth: list[Evaluation], half: list[Evaluation], fidelities: list[Evaluation]) -> dict | None:
+    """CPU hours the records hold: each distillation run once (a half-budget student is the same
+    run's), every fine-tune, each fidelity record's own work. None where no unit holds CPU seconds."""
+    def finetunes(evs):
+        return sum(u.get("finetune_cpu_s", 0.0) for ev in evs for u in ev.units.values())
+
+    runs = sum(sum({u["slice_seed"]: u.get("distill_cpu_s", 0.0) for u in ev.units.values()}.values())
+               for ev in truth)
+    out = {"truth": (runs + finetunes(truth)) / 3600, "half": finetunes(half) / 3600,
+           "fidelities": sum(ev.timings.get("cpu_s", 0.0) for ev in fidelities) / 3600}
+    return out if any(out.values()) else None
+
+
 def fmt(x: float, sign: bool = True) -> str:
     return "n/a" if not np.isfinite(x) else (f"{x:+.2f}" if sign else f"{x:.2f}")
 
@@ -289,6 +302,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         ls.truth_seconds(*seconds([ev], gt_units, tasks), tasks) for ev in evs)
     keys = stage_keys(ladder)
     lines, table = [], {}
+    fidelity_recs: list[Evaluation] = []
     uniform_mapping = heuristic("uniform", truth_cfg.student.num_layers, n)
     for fname, (_, _, nseeds) in ladder["fidelities"].items():
         role = "primary" if fname == reg["primary_fidelity"] else "exploratory"
@@ -302,6 +316,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         chosen = units_all if nseeds is None else [u for u in units_all if u[1] in cfg.tasks.unit_seeds[:nseeds]]
         units = [unit_key(s, f) for s, f in chosen]
         frecs = [cache.get(resolve_any_mapping(dict(specs)[lbl], cfg, n)) for lbl in labels]
+        fidelity_recs += [ev for ev in frecs if ev is not None]
         if any(ev is None or not ev.ok or ev.missing(units) for ev in frecs):
             lines.append(f"fidelity {fname} ({role}): not every mapping is evaluated yet")
             continue
@@ -331,6 +346,13 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
                      f"{t['p']:.3f}, {ratio_text}, {gain_text}")
         table[fname] = entry
     out["fidelities"] = table
+    spent = cpu_spent(list(recs.values()), list(hrecs.values()) if ladder.get("half") else [], fidelity_recs)
+    if spent is not None:
+        out["cpu_hours"] = spent
+        print(f"CPU spent, as recorded: ground truth {spent['truth']:.2f} h (distillation and fine-tunes of the "
+              f"full-budget students), half-budget fine-tunes {spent['half']:.2f} h, fidelities "
+              f"{spent['fidelities']:.2f} h (the records that hold CPU seconds; the teacher's fine-tunes record "
+              "wall seconds only)")
     print("\n" + "mapping".ljust(12) + "truth".rjust(8) + "".join(f"{i + 1:>8}" for i in range(len(table))))
     for lbl in sorted(labels, key=lambda x: -out["ground_truth"][x]):
         print(lbl.ljust(12) + f"{out['ground_truth'][lbl]:8.4f}" + "".join(
