@@ -492,8 +492,8 @@ def main() -> None:
     ap.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default {','.join(DEFAULT_STAGES)})")
     ap.add_argument("--set", action="append", default=[], help="an override for every config, KEY=VALUE")
     ap.add_argument("--results", help="the ladder's folder (default bench/results/ladder-<config name>)")
-    ap.add_argument("--shard", help="I/N: score only every N-th mapping from the I-th (finished students only), "
-                                    "so N one-thread processes share the fine-tunes")
+    ap.add_argument("--shard", help="I/N: distil nothing; score the finished students of every N-th mapping from "
+                                    "the I-th, so N one-thread processes share the fine-tunes")
     args = ap.parse_args()
     try:
         ladder = ladder_of(args.config, args.quick)

@@ -11,19 +11,20 @@ the two. Then every student is fine-tuned as ``confirm`` does (``FinalReadout``)
 cached per (mapping, distillation seed) under the stage keys ``truth:truth`` and ``truth:half``.
 
 What is kept: a finished pack's students (model directories, written atomically, with a note of
-their training seconds) and each student's units. A kill during a pack's training loses that pack
-(packed training keeps no checkpoints); a kill during the fine-tunes loses one student's.
+their training seconds), the pack's checkpoints every 25 steps while it trains (a rerun resumes from
+them exactly, ``train_packed``), and each student's units: a kill loses at most 25 steps or one
+student's fine-tunes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
-from layersearch.errors import UserError
-
-PACKED = "packed-"  # the stage keys' prefix: these records are not confirm's own
+PACKED = "packed-"
+CHECKPOINT_EVERY = 25  # the stage keys' prefix: these records are not confirm's own
 
 
 def student_roots(cfg) -> tuple[Path, Path]:
@@ -91,13 +92,17 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
         if step == mid:
             save(half, step)
 
-    results = train_packed(students, teacher, losses, data, cfg.distill.train, pad_token_id=pad, on_step=on_step)
+    # Checkpoints every 25 steps (12 students' weights and AdamW states, ~2 GB): a kill loses at most 25.
+    ckpt = roots[0].with_name(roots[0].name + f"-d{seed}.checkpoints")
+    results = train_packed(students, teacher, losses, data, cfg.distill.train, pad_token_id=pad, on_step=on_step,
+                           checkpoint_dir=ckpt, checkpoint_every=CHECKPOINT_EVERY)
     for m, r in zip(todo, results, strict=True):
         if isinstance(r, Exception):  # a diverged student: the rest of the pack is kept
             say(f"  {m}: {r}", flush=True)
     ok = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
     todo, students = [todo[i] for i in ok], [students[i] for i in ok]
     save(full, steps)
+    shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def write_note(out: Path, step: int, seconds: float, cpu_seconds: float) -> None:
@@ -144,8 +149,9 @@ def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=
                  shard: tuple[int, int] | None = None) -> None:
     """The ``truth`` and ``half`` stages of a ladder together: distil, then score both budgets.
 
-    ``shard`` (i, n): score only every n-th mapping from the i-th, after the distillations are
-    done; n processes of one thread each use small cores better than one of n threads."""
+    ``shard`` (i, n): distil nothing, score the finished students of every n-th mapping from the
+    i-th: n processes of one thread each use small cores better than one of n threads, and they
+    may run beside the process that distils the next seed."""
     from layersearch.confirm import distill_seeds
     from layersearch.models import load_teacher_config
     from layersearch.resolve import resolve_any_mapping
@@ -163,14 +169,7 @@ def packed_truth(ladder: dict, cfg, specs: list[tuple[str, str]], note_key, say=
     if shard is None:
         for seed in distill_seeds(cfg):
             distil_seed(cfg, mappings, seed, roots, say)
-    else:
-        from layersearch.confirm import FinalStudents
-
-        missing = [str(m) for m in mappings for s in distill_seeds(cfg) for r in roots
-                   if not FinalStudents(r).done(m, s)]
-        if missing:
-            raise UserError(f"--shard scores finished students only; not distilled yet: {', '.join(missing[:3])} "
-                            "(run the ladder without --shard first)")
+    else:  # no distilling: the students finished so far (another process may be distilling the rest)
         mappings = mappings[shard[0]::shard[1]]
     for kind, root in zip(("truth", "half"), roots, strict=True):
         say(f"== scoring the {kind} students", flush=True)

@@ -14,8 +14,10 @@ one-by-one evaluation agree within float tolerance.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import get_scheduler
@@ -31,8 +33,11 @@ from layersearch.distill import (
     total_steps,
     training_device,
 )
+from layersearch.distill.checkpoint import load_checkpoint, resume_candidates, save_checkpoint
 from layersearch.distill.trainer import batch_rows, teacher_features
 from layersearch.features import Requirements
+
+FAILED = "diverged.json"  # a member's folder holds this instead of checkpoints once it diverged
 
 
 class _Member:
@@ -68,12 +73,16 @@ class _Member:
 
 def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor, cfg: TrainConfig,
                  pad_token_id: int = 0, teacher_targets=None, device: str | None = None,
-                 on_step: Callable[[int], None] | None = None) -> list[TrainResult | Exception]:
+                 on_step: Callable[[int], None] | None = None, checkpoint_dir: str | Path | None = None,
+                 checkpoint_every: int = 0) -> list[TrainResult | Exception]:
     """Distil every student of the pack; a diverging one ends with its DivergenceError.
 
     ``teacher_targets`` (cached, ``data.targets``) stand in for the teacher pass, as in ``train``.
     ``on_step(step)`` runs after every member's optimizer step (the students are the ones passed
-    in, trained in place: it may save them mid-run).
+    in, trained in place: it may save them mid-run). ``checkpoint_dir``: every ``checkpoint_every``
+    steps each member's weights, optimizer, schedule and random stream go to
+    ``<dir>/member-<i>/checkpoint-<step>`` (``distill.checkpoint``'s format), and a pack built
+    the same way resumes from the newest step all members hold, as if never stopped.
 
     Returns one entry per student, in order: its TrainResult, or the exception
     that stopped it (the rest of the pack carries on).
@@ -85,8 +94,9 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     members = [_Member(s, lm, cfg, steps, device) for s, lm in zip(students, loss_modules, strict=True)]
     teacher_req = members[0].loss.teacher_requirements().merge(*(m.loss.teacher_requirements()
                                                                  for m in members[1:]))
+    start = 1 if checkpoint_dir is None else resume_pack(members, Path(checkpoint_dir)) + 1
     began = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(start, steps + 1):
         live = [m for m in members if m.error is None]
         if not live:
             break
@@ -120,6 +130,8 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
             if step % cfg.log_every == 0 or step == steps:
                 for k, v in acc.items():
                     m.curves.setdefault(k, []).append((step, v))
+        if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            save_pack(members, Path(checkpoint_dir), step, device)
         if on_step is not None:
             on_step(step)
     torch.set_rng_state(outer_rng)
@@ -129,6 +141,44 @@ def train_packed(students: list, teacher, loss_modules: list, data: torch.Tensor
     share = seconds / len(members)
     return [m.error if m.error is not None else TrainResult(steps, tokens, share, m.curves)
             for m in members]
+
+
+def save_pack(members: list[_Member], root: Path, step: int, device) -> None:
+    """Each member's checkpoint at ``step``; a diverged member leaves its error instead."""
+    for i, m in enumerate(members):
+        folder = root / f"member-{i}"
+        if m.error is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / FAILED).write_text(json.dumps({"error": str(m.error)}))
+            continue
+        m.swap_in(device)  # the checkpoint's random state is the member's own stream
+        try:
+            save_checkpoint(folder, step, m.student, m.loss, m.optimizer, m.scheduler, m.curves)
+        finally:
+            m.swap_out(device)
+
+
+def resume_pack(members: list[_Member], root: Path) -> int:
+    """Restore every member from the newest step they all hold; 0 where there is none."""
+    outer = torch.get_rng_state()
+    held = []
+    for i, m in enumerate(members):
+        folder = root / f"member-{i}"
+        if (folder / FAILED).is_file():
+            m.error = DivergenceError(json.loads((folder / FAILED).read_text())["error"])
+            continue
+        held.append({int(p.name.split("-")[-1]) for p in resume_candidates(folder)})
+    common = set.intersection(*held) if held else set()
+    if not common:
+        return 0
+    step = max(common)
+    for i, m in enumerate(members):
+        if m.error is None:
+            _, m.curves = load_checkpoint(root / f"member-{i}" / f"checkpoint-{step}", m.student, m.loss,
+                                          m.optimizer, m.scheduler)
+            m.rng = torch.get_rng_state()  # load_checkpoint set the process stream to the member's
+    torch.set_rng_state(outer)
+    return step
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -115,3 +115,33 @@ def test_on_step_sees_each_student_mid_run_as_a_stopped_run_leaves_it(tmp_path):
             assert torch.allclose(a, b, atol=1e-6)
         # and the pack went on training after the snapshot
         assert not all(torch.equal(a, b) for a, b in zip(students[i].parameters(), snaps[i], strict=True))
+
+
+def test_a_stopped_pack_resumes_from_its_checkpoints_as_if_never_stopped(tmp_path):
+    t = teacher()
+    students, losses = zip(*(student(i) for i in range(2)), strict=True)
+    train_packed(list(students), t, list(losses), DATA, CFG)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(step):
+        if step == 3:  # after checkpoint-2, before the next: step 3's work is lost, as in a crash
+            raise Killed
+
+    first, first_losses = zip(*(student(i) for i in range(2)), strict=True)
+    with pytest.raises(Killed):
+        train_packed(list(first), t, list(first_losses), DATA, CFG, on_step=kill_at,
+                     checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert sorted(p.name for p in (tmp_path / "member-1").iterdir()) == ["checkpoint-2"]
+    again, again_losses = zip(*(student(i) for i in range(2)), strict=True)  # rebuilt as the first time
+    seen = []
+    out = train_packed(list(again), t, list(again_losses), DATA, CFG, on_step=seen.append,
+                       checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert seen == [3, 4, 5]  # resumed after step 2
+    for ref, s in zip(students, again, strict=True):
+        for a, b in zip(ref.parameters(), s.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+    assert [st for st, _ in out[0].curves["total"]] == [st for st, _ in
+                                                        train_packed([student(0)[0]], t, [student(0)[1]], DATA,
+                                                                     CFG)[0].curves["total"]]
