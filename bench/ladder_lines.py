@@ -185,7 +185,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
     if ladder.get("traded"):
         print("traded for a CPU (bench/ladder.py CPU_TRADE; never the mappings or the 2 runs each): "
               + "; ".join(ladder["traded"]))
-    signal = teacher_signal(ladder, truth())
+    signal = teacher_signal(ladder, truth("teacher"))
     names = list(confirm_tasks(truth()).names)
     if signal is None:
         print("task signal: the teacher's scores are not cached yet (the ladder's first stage); every "
