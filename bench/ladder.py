@@ -24,14 +24,18 @@ them: the config's own proxy (its default readout, slices and steps); the others
 exploratory. The quickstart's list (4 heuristics, 2 random) was fixed in code before its
 results, its primary fidelity after them (registered.json says so).
 
-**Ground truth** is ``layersearch confirm``: every mapping distilled at 20x the proxy's
-distillation tokens, ``confirm.distill_seeds`` (2) runs each, each final student fine-tuned
-with ``confirm.tasks`` on the tasks where the teacher, fine-tuned the same way, has a score
-interval above 0. Like for like: the final students start from the init the proxy's students
+**Ground truth** is ``layersearch confirm``'s final students: every mapping distilled at 20x the
+proxy's distillation tokens (10x on a CPU: ``CPU_TRADE``), ``confirm.distill_seeds`` (2) runs
+each, each final student fine-tuned with ``confirm.tasks`` on the tasks where the teacher,
+fine-tuned on the same budget (at its own rate, ``TEACHER_LR``), has a score interval above 0.
+A config's ladder trains each seed's students together against one teacher pass
+(``ladder_truth.py``: confirm's students, packed, checkpointed, saved at half and full steps);
+the quickstart's committed ladder ran ``confirm`` itself.
+Like for like: the final students start from the init the proxy's students
 had (``student.init.layers`` = ``proxy.init_layers``), so the ground truth and the proxy
 measure the mapping alone. ``--stages own`` adds a second, named ground truth: each mapping
 initialised from its own genes' layers, what ``distill --mapping`` does (the quickstart's
-committed ground truth is this one). A half-budget ground truth (the same runs at half the
+committed ground truth is this one). A half-budget ground truth (the same runs, saved at half the
 steps) gives the stability line.
 
 **Fidelities**: each proxy readout (agreement, probe, finetune) at the proxy's steps and
