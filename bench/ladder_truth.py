@@ -84,7 +84,7 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
             mapping_json = json.dumps(m.to_json(cfg.teacher.model, list(losses[0].weights)), indent=2)
             save_model_dir(finish_student(s), tokenizer, out,
                            {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
-            write_note(out, step, *share)
+            where.note(m, seed, "packed", share[0], steps=step, cpu_seconds=share[1])
         say(f"  distillation seed {seed}: step {step} saved ({share[0]:.0f} s, {share[1]:.0f} CPU s per student)",
             flush=True)
 
@@ -103,13 +103,6 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
     todo, students = [todo[i] for i in ok], [students[i] for i in ok]
     save(full, steps)
     shutil.rmtree(ckpt, ignore_errors=True)
-
-
-def write_note(out: Path, step: int, seconds: float, cpu_seconds: float) -> None:
-    from layersearch.distill.job import write_json_atomic
-
-    write_json_atomic(out.with_name(out.name + ".json"), {
-        "run_id": "packed", "steps": step, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds})
 
 
 def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
@@ -134,12 +127,11 @@ def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
             if not todo or not students.done(m, seed):
                 continue
             readout = readout or FinalReadout(cfg)
-            note = json.loads(students.path(m, seed).with_name(students.path(m, seed).name + ".json").read_text())
             cpu0 = time.process_time()
             readout.score(ev, AutoModel.from_pretrained(students.path(m, seed)), seed, todo, False,
-                          note["train_seconds"])
+                          students.seconds(m, seed))
             for f in todo:  # CPU seconds beside the wall seconds the units record
-                ev.units[unit_key(seed, f)]["distill_cpu_s"] = note["train_cpu_seconds"]
+                ev.units[unit_key(seed, f)]["distill_cpu_s"] = students.cpu_seconds(m, seed)
                 ev.units[unit_key(seed, f)]["finetune_cpu_s"] = (time.process_time() - cpu0) / len(todo)
             cache.put(ev)
             say(f"  scored {m} distillation seed {seed}", flush=True)

@@ -66,16 +66,30 @@ class FinalStudents:
     def path(self, mapping: Mapping, seed: int) -> Path:
         return self.root / f"{mapping.key.replace(':', '_')}-d{seed}"
 
-    def note(self, mapping: Mapping, seed: int, run_id: str, seconds: float) -> None:
-        """Beside the model directory: its distill run and training seconds (the unit's cost)."""
-        write_json_atomic(self._note_path(mapping, seed), {"run_id": run_id, "train_seconds": seconds})
+    def note(self, mapping: Mapping, seed: int, run_id: str, seconds: float,
+             steps: int | None = None, cpu_seconds: float | None = None) -> None:
+        """Beside the model directory: its distill run and training seconds (the unit's cost); where
+        known, the step it was saved at and its CPU seconds (a shared machine's wall seconds mislead)."""
+        note = {"run_id": run_id, "train_seconds": seconds}
+        if steps is not None:
+            note["steps"] = steps
+        if cpu_seconds is not None:
+            note["train_cpu_seconds"] = cpu_seconds
+        write_json_atomic(self._note_path(mapping, seed), note)
 
     def seconds(self, mapping: Mapping, seed: int) -> float:
         """The training seconds of a finished student (0 where no note was kept)."""
+        return self._read(mapping, seed, "train_seconds") or 0.0
+
+    def cpu_seconds(self, mapping: Mapping, seed: int) -> float | None:
+        """The training CPU seconds of a finished student (None where the note holds none)."""
+        return self._read(mapping, seed, "train_cpu_seconds")
+
+    def _read(self, mapping: Mapping, seed: int, field: str) -> float | None:
         try:
-            return float(json.loads(self._note_path(mapping, seed).read_text())["train_seconds"])
+            return float(json.loads(self._note_path(mapping, seed).read_text())[field])
         except (OSError, ValueError, KeyError, TypeError):
-            return 0.0
+            return None
 
     def _note_path(self, mapping: Mapping, seed: int) -> Path:
         out = self.path(mapping, seed)
