@@ -21,6 +21,10 @@ BOOTSTRAP = 1000
 
 # --- records ------------------------------------------------------------------------------------
 
+def runs_each(n: int) -> str:
+    return f"{n} distillation run each" if n == 1 else f"{n} distillation runs each"
+
+
 def teacher_signal(ladder: dict, truth_cfg) -> dict | None:
     """Each ground-truth task's teacher score (mean, low, high), or None if not cached yet."""
     from ladder import teacher_cache, teacher_seeds
@@ -221,7 +225,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
     gt_units = [unit_key(s, f) for s in runs for f in ft]
     extra_runs = {lbl: sorted({u["slice_seed"] for u in recs[lbl].units.values()}) for lbl in labels}
     more = [lbl for lbl in labels if len(extra_runs[lbl]) > len(runs)]
-    runs_note = (f"{len(runs)} distillation run each" if len(runs) == 1 else f"{len(runs)} distillation runs each")
+    runs_note = runs_each(len(runs))
     if len(runs) == 1:
         runs_note += (" (a second only for " + ", ".join(more) + ")" if more else "") + \
             ": the cache lacks a second run per mapping, so runs are not resampled and no verdict is about a mapping"
@@ -261,7 +265,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
             c = compare((uniform, restricted[uniform]), [(lbl, restricted[lbl])], tasks, margin=delta)[0]
             e = c.estimate
             line = (f"searched vs uniform on final students: {winner['genes']} {e.mean:+.4f} [{e.low:+.4f}, "
-                    f"{e.high:+.4f}] ({e.distillation_runs} distillation runs each), δ {delta} -> {c.verdict}")
+                    f"{e.high:+.4f}] ({runs_each(e.distillation_runs)}), δ {delta} -> {c.verdict}")
             out["searched_vs_uniform"] = c.to_dict()
     print(line)
     # the best of the registered list vs uniform, Holm over all of them
@@ -271,7 +275,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
     e = best.estimate
     genes = next(m["genes"] for m in reg["mappings"] if m["label"] == best.label)
     print(f"best pre-registered mapping vs uniform: {best.label} {genes} {e.mean:+.4f} [{e.low:+.4f}, {e.high:+.4f}] "
-          f"({e.distillation_runs} distillation run(s) each; the best of {len(comps)} after the fact, Holm over "
+          f"({runs_each(e.distillation_runs)}; the best of {len(comps)} after the fact, Holm over "
           f"the {len(comps)}), δ {delta} -> {best.verdict}")
     out["comparisons"] = [c.to_dict() for c in comps]
     print("  verdicts against uniform: " + ", ".join(f"{c.label} {c.estimate.mean:+.4f} {c.verdict}" for c in comps))
@@ -353,9 +357,10 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
               f"full-budget students), half-budget fine-tunes {spent['half']:.2f} h, fidelities "
               f"{spent['fidelities']:.2f} h (the records that hold CPU seconds; the teacher's fine-tunes record "
               "wall seconds only)")
-    print("\n" + "mapping".ljust(12) + "truth".rjust(8) + "".join(f"{i + 1:>8}" for i in range(len(table))))
+    width = max(12, *(len(lbl) + 2 for lbl in labels))  # "search-runner-up" is 16
+    print("\n" + "mapping".ljust(width) + "truth".rjust(8) + "".join(f"{i + 1:>8}" for i in range(len(table))))
     for lbl in sorted(labels, key=lambda x: -out["ground_truth"][x]):
-        print(lbl.ljust(12) + f"{out['ground_truth'][lbl]:8.4f}" + "".join(
+        print(lbl.ljust(width) + f"{out['ground_truth'][lbl]:8.4f}" + "".join(
             f"{f['fitness'][lbl]:8.4f}" for f in table.values()))
     print("columns: " + ", ".join(f"{i + 1} {f}" for i, f in enumerate(table)) + "\n")
     print(f"fidelities against the ground truth ({name}); tau intervals resample the mappings, the distillation "
