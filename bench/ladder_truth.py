@@ -73,10 +73,12 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
     steps = total_steps(cfg.distill.train, data.shape[1])
     mid = steps // 2
     say(f"  distillation seed {seed}: {len(todo)} students packed, {steps} steps", flush=True)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    # Checkpoints every 25 steps (12 students' weights and AdamW states, ~2 GB): a kill loses at most 25.
+    ckpt = roots[0].with_name(roots[0].name + f"-d{seed}.checkpoints")
+    clock = Clock(ckpt / "clock.json")
 
     def save(where: FinalStudents, step: int) -> None:
-        share = (time.perf_counter() - wall0) / len(todo), (time.process_time() - cpu0) / len(todo)
+        wall, cpu = (x / len(todo) for x in clock.totals())
         for m, s in zip(todo, students, strict=True):
             if where.done(m, seed):
                 continue
@@ -84,16 +86,16 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
             mapping_json = json.dumps(m.to_json(cfg.teacher.model, list(losses[0].weights)), indent=2)
             save_model_dir(finish_student(s), tokenizer, out,
                            {"mapping.json": mapping_json, "layersearch.yaml": cfg.to_yaml()})
-            where.note(m, seed, "packed", share[0], steps=step, cpu_seconds=share[1])
-        say(f"  distillation seed {seed}: step {step} saved ({share[0]:.0f} s, {share[1]:.0f} CPU s per student)",
-            flush=True)
+            where.note(m, seed, "packed", wall, steps=step, train_cpu_seconds=cpu,
+                       unclocked_steps=clock.unclocked)
+        say(f"  distillation seed {seed}: step {step} saved ({wall:.0f} s, {cpu:.0f} CPU s per student"
+            + (f"; its first {clock.unclocked} steps unclocked" if clock.unclocked else "") + ")", flush=True)
 
     def on_step(step: int) -> None:
+        clock.tick(step, step % CHECKPOINT_EVERY == 0)
         if step == mid:
             save(half, step)
 
-    # Checkpoints every 25 steps (12 students' weights and AdamW states, ~2 GB): a kill loses at most 25.
-    ckpt = roots[0].with_name(roots[0].name + f"-d{seed}.checkpoints")
     results = train_packed(students, teacher, losses, data, cfg.distill.train, pad_token_id=pad, on_step=on_step,
                            checkpoint_dir=ckpt, checkpoint_every=CHECKPOINT_EVERY)
     for m, r in zip(todo, results, strict=True):
@@ -103,6 +105,47 @@ def distil_seed(cfg, mappings: list, seed: int, roots: tuple[Path, Path], say=pr
     todo, students = [todo[i] for i in ok], [students[i] for i in ok]
     save(full, steps)
     shutil.rmtree(ckpt, ignore_errors=True)
+
+
+class Clock:
+    """A pack's wall and CPU seconds since its step 0, across kills: the totals at each checkpointed
+    step go to a file beside the checkpoints, and a resumed process adds its own seconds to those of
+    the step it resumed from. ``unclocked``: the steps before a resume whose totals were never kept
+    (a checkpoint written just before a kill, or by older code); their seconds are missing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.saved = json.loads(path.read_text()) if path.is_file() else {}
+        self.base, self.unclocked = (0.0, 0.0), 0
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.started = False
+
+    def tick(self, step: int, checkpointed: bool) -> None:
+        """Called after each step; the first call learns the step this process resumed from."""
+        if not self.started:
+            self.started, resumed = True, step - 1
+            if resumed and str(resumed) in self.saved:
+                self.base = tuple(self.saved[str(resumed)])
+            else:
+                self.unclocked = resumed
+        if checkpointed and self.path.parent.is_dir():
+            from layersearch.distill.job import write_json_atomic
+
+            self.saved[str(step)] = list(self.totals())
+            write_json_atomic(self.path, self.saved)
+
+    def totals(self) -> tuple[float, float]:
+        return (self.base[0] + time.perf_counter() - self.wall0, self.base[1] + time.process_time() - self.cpu0)
+
+
+def distill_cpu_seconds(students, m, seed: int) -> tuple[float | None, int]:
+    """A student's distillation CPU seconds, its unclocked first steps priced at the rate the rest
+    ran at (the measured part times steps over measured steps), and how many steps were priced."""
+    cpu, steps = students.cpu_seconds(m, seed), students.read(m, seed, "steps")
+    unclocked = int(students.read(m, seed, "unclocked_steps") or 0)
+    if cpu is None or not unclocked or not steps or unclocked >= steps:
+        return cpu, 0
+    return cpu * steps / (steps - unclocked), unclocked
 
 
 def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
@@ -130,8 +173,11 @@ def score(cfg, mappings: list, root: Path, key: str, say=print) -> None:
             cpu0 = time.process_time()
             readout.score(ev, AutoModel.from_pretrained(students.path(m, seed)), seed, todo, False,
                           students.seconds(m, seed))
+            cpu, priced = distill_cpu_seconds(students, m, seed)
             for f in todo:  # CPU seconds beside the wall seconds the units record
-                ev.units[unit_key(seed, f)]["distill_cpu_s"] = students.cpu_seconds(m, seed)
+                ev.units[unit_key(seed, f)]["distill_cpu_s"] = cpu
+                if priced:
+                    ev.units[unit_key(seed, f)]["distill_cpu_priced_steps"] = priced
                 ev.units[unit_key(seed, f)]["finetune_cpu_s"] = (time.process_time() - cpu0) / len(todo)
             cache.put(ev)
             say(f"  scored {m} distillation seed {seed}", flush=True)

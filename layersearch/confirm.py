@@ -66,26 +66,22 @@ class FinalStudents:
     def path(self, mapping: Mapping, seed: int) -> Path:
         return self.root / f"{mapping.key.replace(':', '_')}-d{seed}"
 
-    def note(self, mapping: Mapping, seed: int, run_id: str, seconds: float,
-             steps: int | None = None, cpu_seconds: float | None = None) -> None:
-        """Beside the model directory: its distill run and training seconds (the unit's cost); where
-        known, the step it was saved at and its CPU seconds (a shared machine's wall seconds mislead)."""
-        note = {"run_id": run_id, "train_seconds": seconds}
-        if steps is not None:
-            note["steps"] = steps
-        if cpu_seconds is not None:
-            note["train_cpu_seconds"] = cpu_seconds
-        write_json_atomic(self._note_path(mapping, seed), note)
+    def note(self, mapping: Mapping, seed: int, run_id: str, seconds: float, **known: float) -> None:
+        """Beside the model directory: its distill run and training seconds (the unit's cost), and
+        whatever else the trainer knew (the ladder's: ``steps``, ``train_cpu_seconds``, since a
+        shared machine's wall seconds mislead, and ``unclocked_steps``)."""
+        write_json_atomic(self._note_path(mapping, seed), {"run_id": run_id, "train_seconds": seconds, **known})
 
     def seconds(self, mapping: Mapping, seed: int) -> float:
         """The training seconds of a finished student (0 where no note was kept)."""
-        return self._read(mapping, seed, "train_seconds") or 0.0
+        return self.read(mapping, seed, "train_seconds") or 0.0
 
     def cpu_seconds(self, mapping: Mapping, seed: int) -> float | None:
         """The training CPU seconds of a finished student (None where the note holds none)."""
-        return self._read(mapping, seed, "train_cpu_seconds")
+        return self.read(mapping, seed, "train_cpu_seconds")
 
-    def _read(self, mapping: Mapping, seed: int, field: str) -> float | None:
+    def read(self, mapping: Mapping, seed: int, field: str) -> float | None:
+        """One number from a finished student's note; None where it is missing or unreadable."""
         try:
             return float(json.loads(self._note_path(mapping, seed).read_text())[field])
         except (OSError, ValueError, KeyError, TypeError):
