@@ -160,7 +160,12 @@ def cpu_spent(truth: list[Evaluation], half: list[Evaluation], fidelities: list[
                for ev in truth)
     out = {"truth": (runs + finetunes(truth)) / 3600, "half": finetunes(half) / 3600,
            "fidelities": sum(ev.timings.get("cpu_s", 0.0) for ev in fidelities) / 3600}
-    return out if any(out.values()) else None
+    if not any(out.values()):
+        return None
+    # runs resumed after a kill that kept no clock: their first steps are priced, not measured
+    out["priced_runs"] = sum(len({u["slice_seed"] for u in ev.units.values() if u.get("distill_cpu_priced_steps")})
+                             for ev in truth)
+    return out
 
 
 def fmt(x: float, sign: bool = True) -> str:
@@ -356,7 +361,9 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         print(f"CPU spent, as recorded: ground truth {spent['truth']:.2f} h (distillation and fine-tunes of the "
               f"full-budget students), half-budget fine-tunes {spent['half']:.2f} h, fidelities "
               f"{spent['fidelities']:.2f} h (the records that hold CPU seconds; the teacher's fine-tunes record "
-              "wall seconds only)")
+              "wall seconds only" + (f"; {spent['priced_runs']} distillation runs resumed after a kill whose first "
+                                     "steps kept no clock, priced at the rate of their measured steps"
+                                     if spent["priced_runs"] else "") + ")")
     width = max(12, *(len(lbl) + 2 for lbl in labels))  # "search-runner-up" is 16
     print("\n" + "mapping".ljust(width) + "truth".rjust(8) + "".join(f"{i + 1:>8}" for i in range(len(table))))
     for lbl in sorted(labels, key=lambda x: -out["ground_truth"][x]):

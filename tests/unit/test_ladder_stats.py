@@ -164,9 +164,12 @@ def test_cpu_spent_counts_each_distillation_run_once(monkeypatch):
     for s, run_cpu in ((0, 1800.0), (1, 3600.0)):
         for f in (0, 1):  # two fine-tunes share each run's distillation
             ev.units[unit_key(s, f)] = {"slice_seed": s, "distill_cpu_s": run_cpu, "finetune_cpu_s": 360.0}
+    ev.units[unit_key(1, 0)]["distill_cpu_priced_steps"] = 75  # run 1 was resumed without its clock
+    ev.units[unit_key(1, 1)]["distill_cpu_priced_steps"] = 75
     half = Evaluation([3, 6], 6, "h")
     half.units[unit_key(0, 0)] = {"slice_seed": 0, "distill_cpu_s": 900.0, "finetune_cpu_s": 720.0}
     fid = Evaluation([3, 6], 6, "p", timings={"cpu_s": 1800.0})
     out = ladder_lines.cpu_spent([ev], [half], [fid, Evaluation([3, 6], 6, "p")])
-    assert out == pytest.approx({"truth": (1800 + 3600 + 4 * 360) / 3600, "half": 0.2, "fidelities": 0.5})
+    assert out == pytest.approx({"truth": (1800 + 3600 + 4 * 360) / 3600, "half": 0.2, "fidelities": 0.5,
+                                 "priced_runs": 1})
     assert ladder_lines.cpu_spent([Evaluation([3, 6], 6, "k")], [], []) is None
