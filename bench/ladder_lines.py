@@ -168,6 +168,11 @@ def cpu_spent(truth: list[Evaluation], half: list[Evaluation], fidelities: list[
     return out
 
 
+def pfmt(p: float) -> str:
+    """A permutation p: Monte Carlo ones are never 0, so a small one is a bound, not 0.000."""
+    return "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def fmt(x: float, sign: bool = True) -> str:
     return "n/a" if not np.isfinite(x) else (f"{x:+.2f}" if sign else f"{x:.2f}")
 
@@ -297,7 +302,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
             half = draws_of([hrecs[lbl] for lbl in labels], gt_units, tasks, gt_counts, gt_idx)
             st = ls.tau_interval(half, gt, mappings)
             print(f"ground truth stability: tau {fmt(st['tau'])} {ci(st['tau_ci'])} between half and full budget "
-                  f"(permutation p {st['p']:.3f}; mappings, runs, units, dev examples resampled)")
+                  f"(permutation p {pfmt(st['p'])}; mappings, runs, units, dev examples resampled)")
             out["stability"] = st
         else:
             print(f"ground truth stability: not yet ({sum(lbl in hrecs for lbl in labels)} of {len(labels)} "
@@ -352,7 +357,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
             entry.update(gain=g["gain"], gain_ci=list(g["gain_ci"]), init_fitness=float(base[0]))
         ties = " (every mapping scores the same: no ranking)" if np.ptp(fid[0]) == 0 else ""
         lines.append(f"fidelity {fname} ({role}): tau {fmt(t['tau'])} {ci(t['tau_ci'])}{ties}, permutation p "
-                     f"{t['p']:.3f}, {ratio_text}, {gain_text}")
+                     f"{pfmt(t['p'])}, {ratio_text}, {gain_text}")
         table[fname] = entry
     out["fidelities"] = table
     spent = cpu_spent(list(recs.values()), list(hrecs.values()) if ladder.get("half") else [], fidelity_recs)
@@ -370,10 +375,11 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         print(lbl.ljust(width) + f"{out['ground_truth'][lbl]:8.4f}" + "".join(
             f"{f['fitness'][lbl]:8.4f}" for f in table.values()))
     print("columns: " + ", ".join(f"{i + 1} {f}" for i, f in enumerate(table)) + "\n")
+    orders = "exact" if len(labels) <= ls.EXACT_UP_TO else f"{ls.PERMUTATIONS:,} random orders"
     print(f"fidelities against the ground truth ({name}); tau intervals resample the mappings, the distillation "
-          f"runs (slices), the units inside them and the dev examples; p: exact permutation p of tau over "
-          f"the {len(labels)} mappings (two-sided); compute ratio: seconds of one ground-truth evaluation on "
-          f"{', '.join(tasks)} over one of the fidelity's, in CPU seconds where both recorded them")
+          f"runs (slices), the units inside them and the dev examples; p: permutation p of tau over the "
+          f"{len(labels)} mappings (two-sided, {orders}); compute ratio: seconds of one ground-truth evaluation "
+          f"on {', '.join(tasks)} over one of the fidelity's, in CPU seconds where both recorded them")
     for line in lines:
         print(line)
     return out
@@ -400,7 +406,7 @@ def own_lines(ladder, cfg, specs, n, labels, gt, gt_units, gt_counts, gt_idx, ma
     e = best.estimate
     sp = ls.spread(own)
     print(f"second ground truth (own-genes init): tau {fmt(st['tau'])} {ci(st['tau_ci'])} against the like-for-like "
-          f"one (permutation p {st['p']:.3f}); best vs uniform {best.label} {e.mean:+.4f} [{e.low:+.4f}, "
+          f"one (permutation p {pfmt(st['p'])}); best vs uniform {best.label} {e.mean:+.4f} [{e.low:+.4f}, "
           f"{e.high:+.4f}], δ {delta} -> {best.verdict}; spread sd {sp['sd']:.4f}, max-min {sp['range']:.4f} "
           f"[{sp['range_ci'][0]:.4f}, {sp['range_ci'][1]:.4f}]")
     out["own_genes"] = {"tau_vs_like_for_like": st, "comparisons": [c.to_dict() for c in comps], "spread": sp,

@@ -173,3 +173,16 @@ def test_cpu_spent_counts_each_distillation_run_once(monkeypatch):
     assert out == pytest.approx({"truth": (1800 + 3600 + 4 * 360) / 3600, "half": 0.2, "fidelities": 0.5,
                                  "priced_runs": 1})
     assert ladder_lines.cpu_spent([Evaluation([3, 6], 6, "k")], [], []) is None
+
+
+def test_a_monte_carlo_permutation_p_prints_as_a_bound_never_as_zero(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.modules.pop("ladder_lines", None)
+    import ladder_lines
+
+    smallest = ls.permutation_p(np.arange(12.0), np.arange(12.0))  # every random order is worse
+    assert smallest == pytest.approx(1 / (ls.PERMUTATIONS + 1))
+    assert ladder_lines.pfmt(smallest) == "< 0.001"
+    assert (ladder_lines.pfmt(0.056), ladder_lines.pfmt(0.001), ladder_lines.pfmt(float("nan"))) == ("0.056", "0.001", "n/a")
