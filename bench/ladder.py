@@ -463,21 +463,24 @@ def run(ladder: dict, args) -> None:
             raise LadderError("the teacher's scores are not cached, so the ground truth's tasks are not known: "
                               "run the teacher stage first (--stages teacher, or no --stages)")
         proxy, truth = configs(ladder, args.set, kept)
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            i, n = -1, 0
+        if not 0 <= i < n:
+            raise LadderError(f"--shard {args.shard}: give I/N with 0 <= I < N")
+        shard = (i, n)
     if ladder.get("packed") and {"truth", "half"} & set(stages):
         from ladder_truth import packed_truth
 
-        shard = None
-        if args.shard:
-            i, n = (int(x) for x in args.shard.split("/"))
-            if not 0 <= i < n:
-                raise LadderError(f"--shard {args.shard}: give I/N with 0 <= I < N")
-            shard = (i, n)
         packed_truth(ladder, truth(), specs, note_key, shard=shard)  # both budgets from the same runs
         stages = [s for s in stages if s not in ("truth", "half")]
     if "truth" in stages:
         truth_stage(ladder, truth(), "truth", specs, 1 if ladder["spread"] else None)
     if "proxy" in stages:
-        proxy_stage(ladder, proxy, list(ladder["fidelities"]), specs)
+        proxy_stage(ladder, proxy, list(ladder["fidelities"]), specs if shard is None else specs[shard[0]::shard[1]])
     if ladder["spread"] and "truth" in stages:
         truth_stage(ladder, truth(), "truth", [s for s in specs if s[0] in ladder["spread"]], 2)
     if "half" in stages and ladder.get("half"):
@@ -505,8 +508,9 @@ def main() -> None:
     ap.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default {','.join(DEFAULT_STAGES)})")
     ap.add_argument("--set", action="append", default=[], help="an override for every config, KEY=VALUE")
     ap.add_argument("--results", help="the ladder's folder (default bench/results/ladder-<config name>)")
-    ap.add_argument("--shard", help="I/N: distil nothing; score the finished students of every N-th mapping from "
-                                    "the I-th, so N one-thread processes share the fine-tunes")
+    ap.add_argument("--shard", help="I/N: every N-th mapping from the I-th, so N one-thread processes share "
+                                    "the work: the ground truth distils nothing and scores those finished "
+                                    "students; the proxy stage evaluates those mappings")
     args = ap.parse_args()
     try:
         ladder = ladder_of(args.config, args.quick)
