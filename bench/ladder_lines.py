@@ -168,6 +168,22 @@ def cpu_spent(truth: list[Evaluation], half: list[Evaluation], fidelities: list[
     return out
 
 
+def tie_note(scores, undefined: int, resamples: int) -> str:
+    """What a fidelity's tau rests on where most mappings score the same (a readout that leaves
+    students at the constant predictor): the interval then keeps only the resamples that drew a
+    ranking at all, so it is conditional on those, and can even miss its own point."""
+    scores = np.asarray(scores, dtype=float)
+    if np.ptp(scores) == 0:
+        return " (every mapping scores the same: no ranking)"
+    values, counts = np.unique(scores, return_counts=True)
+    k = int(counts.max())
+    if k < 2 or 2 * k < len(scores):
+        return ""
+    return (f" ({k} of {len(scores)} mappings score the same, {values[counts.argmax()]:.4f}: its tau rests on the "
+            f"other {len(scores) - k}; {undefined} of {resamples} resamples drew no ranking, and the interval "
+            "is over the rest only)")
+
+
 def pfmt(p: float) -> str:
     """A permutation p: Monte Carlo ones are never 0, so a small one is a bound, not 0.000."""
     return "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
@@ -343,7 +359,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
         cpu = cpu_ratio(evs, gt_units, frecs)
         ratio_text = (f"compute ratio {cpu:.1f} (CPU seconds)" if cpu is not None
                       else f"compute ratio {ratio:.1f} (median wall seconds: no CPU seconds recorded)")
-        entry = {"role": role, "tau": t["tau"], "tau_ci": list(t["tau_ci"]), "p": t["p"],
+        entry = {"role": role, "tau": t["tau"], "tau_ci": list(t["tau_ci"]), "p": t["p"], "undefined": t["undefined"],
                  "compute_ratio": ratio, "compute_ratio_cpu": cpu,
                  "fitness": {lbl: float(v) for lbl, v in zip(labels, fid[0], strict=True)}}
         init_cache = EvaluationCache(cfg.search.cache_dir, key.get("init_key") or init_spec_key(cfg, dev))
@@ -355,7 +371,7 @@ def report(ladder: dict, reg: dict, extra: list[str]) -> dict:
             lo, hi = g["gain_ci"]
             gain_text = f"gain over the untouched init {g['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             entry.update(gain=g["gain"], gain_ci=list(g["gain_ci"]), init_fitness=float(base[0]))
-        ties = " (every mapping scores the same: no ranking)" if np.ptp(fid[0]) == 0 else ""
+        ties = tie_note(fid[0], t["undefined"], BOOTSTRAP)
         lines.append(f"fidelity {fname} ({role}): tau {fmt(t['tau'])} {ci(t['tau_ci'])}{ties}, permutation p "
                      f"{pfmt(t['p'])}, {ratio_text}, {gain_text}")
         table[fname] = entry

@@ -186,3 +186,18 @@ def test_a_monte_carlo_permutation_p_prints_as_a_bound_never_as_zero(monkeypatch
     assert smallest == pytest.approx(1 / (ls.PERMUTATIONS + 1))
     assert ladder_lines.pfmt(smallest) == "< 0.001"
     assert (ladder_lines.pfmt(0.056), ladder_lines.pfmt(0.001), ladder_lines.pfmt(float("nan"))) == ("0.056", "0.001", "n/a")
+
+
+def test_a_fidelity_whose_mappings_mostly_tie_says_what_its_tau_rests_on(monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.modules.pop("ladder_lines", None)
+    import ladder_lines
+
+    # 11 of 12 students at the constant predictor: one mapping makes the whole ranking.
+    note = ladder_lines.tie_note([0.0027] + [0.0] * 11, 301, 1000)
+    assert "11 of 12 mappings score the same, 0.0000" in note and "other 1" in note and "301 of 1000" in note
+    assert ladder_lines.tie_note([0.1] * 4, 0, 1000) == " (every mapping scores the same: no ranking)"
+    assert ladder_lines.tie_note([0.1, 0.2, 0.3, 0.3, 0.4], 0, 1000) == ""  # a pair tied: an ordinary ranking
+    assert "2 of 4" in ladder_lines.tie_note([0.1, 0.2, 0.3, 0.3], 5, 1000)  # half tied: said
